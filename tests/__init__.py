@@ -1,0 +1,1 @@
+"""modelserve's tests (a package, so `from tests.fixtures.models import ...` works from any test folder)."""
