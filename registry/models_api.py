@@ -1,0 +1,213 @@
+"""`/api/v1/models`: upload, describe, download, alias and delete model versions."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any, get_args
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import FileResponse
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+
+from inference.runtimes import load_runtime
+from inference.runtimes.base import FunctionType, ModelDescription
+from inference.runtimes.examples import example_body
+from registry.catalog import ModelCatalog, check_name
+from registry.database import SessionDep
+from registry.events import publish_event
+from registry.schemas import AliasPublic, AliasTarget, ModelDetail, ModelPatch, ModelSummary, ModelVersionPublic, Page
+from registry.services import alias_followers
+from registry.services_api import roll_followers
+from shared.errors import Conflict, InvalidModel, ModelServeError, ValidationFailed, field_error
+from shared.paging import Limit, Offset
+from shared.settings import Settings
+from shared.uploads import receive_upload
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/v1/models", tags=["models"])
+_FUNCTION_TYPES = get_args(FunctionType)
+_MEDIA_TYPES = {"pmml": "application/xml", "onnx": "application/octet-stream"}
+_EXTENSIONS = {"pmml": ".pmml", "onnx": ".onnx"}
+
+
+def get_catalog(request: Request, session: SessionDep) -> ModelCatalog:
+    return ModelCatalog(session, request.app.state.store, request.app.state.usage_check)
+
+
+CatalogDep = Annotated[ModelCatalog, Depends(get_catalog)]
+
+
+def inspect_artifact(path: Path, settings: Settings, function_type: FunctionType | None) -> ModelDescription:
+    """Load the file once through the runtime layer to prove it works, and keep what it describes."""
+    try:
+        runtime = load_runtime(path, settings, function_type=function_type)
+    except ModelServeError:
+        raise
+    except Exception as exc:  # an engine's own exception type: still the file's fault
+        raise InvalidModel(f"The model does not load: {type(exc).__name__}: {exc}"[:2000]) from exc
+    try:
+        return runtime.description
+    finally:
+        runtime.unload()
+
+
+_UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "name"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "A PMML or ONNX file"},
+                        "name": {"type": "string", "description": "Model name; an existing name gets a new version"},
+                        "description": {"type": "string"},
+                        "function_type": {"type": "string", "enum": list(_FUNCTION_TYPES)},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelVersionPublic,
+    summary="Upload a model file (PMML or ONNX) as a new version",
+    openapi_extra=_UPLOAD_DOC,
+)
+async def upload_model(request: Request, response: Response) -> ModelVersionPublic:
+    settings: Settings = request.app.state.settings
+    store = request.app.state.store
+    form = await receive_upload(request, store, settings.max_upload_bytes)
+    try:
+        errors = []
+        name = form.fields.get("name", "").strip()
+        if not name:
+            errors.append(field_error("name", "required"))
+        function_type = form.fields.get("function_type") or None
+        if function_type is not None and function_type not in _FUNCTION_TYPES:
+            errors.append(field_error("function_type", "unknown function type", expected=list(_FUNCTION_TYPES),
+                                      received=function_type[:100]))  # fmt: skip
+        if form.file is None:
+            errors.append(field_error("file", "required: the model file as a multipart file part"))
+        elif form.file.size_bytes == 0:
+            errors.append(field_error("file", "the file is empty"))
+        if errors:
+            raise ValidationFailed("Invalid upload: " + ", ".join(e["field"] for e in errors), errors=errors)
+        check_name(name)
+        assert form.file is not None
+        described = await run_in_threadpool(inspect_artifact, form.file.path, settings, function_type)  # type: ignore[arg-type]
+    except BaseException:
+        if form.file is not None:
+            store.discard(form.file)
+        raise
+
+    def save() -> ModelVersionPublic:
+        assert form.file is not None
+        with Session(request.app.state.engine) as session:
+            catalog = ModelCatalog(session, store, request.app.state.usage_check)
+            model, row = catalog.add_version(
+                name, form.file, described, filename=form.filename, description=form.fields.get("description")
+            )
+            return catalog.version_public(model, row)
+
+    try:
+        public = await run_in_threadpool(save)
+    except BaseException:
+        store.discard(form.file)  # no-op once committed
+        raise
+    response.headers["Location"] = f"/api/v1/models/{public.model}/versions/{public.version}"
+    log.info("model uploaded", extra={"model": public.model, "version": public.version, "sha256": public.sha256})
+    await publish_event(request.app, "model", public.model)
+    return public
+
+
+@router.get("", response_model=Page[ModelSummary], summary="List models")
+def list_models(
+    catalog: CatalogDep,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[ModelSummary]:
+    return catalog.list_models(limit, offset)
+
+
+@router.get("/{name}", response_model=ModelDetail, summary="Describe a model and its latest version")
+def get_model(name: str, catalog: CatalogDep) -> ModelDetail:
+    return catalog.detail(name)
+
+
+@router.patch("/{name}", response_model=ModelDetail, summary="Change a model's description")
+async def patch_model(name: str, body: ModelPatch, request: Request, catalog: CatalogDep) -> ModelDetail:
+    catalog.set_description(name, body.description)
+    return catalog.detail(name)
+
+
+@router.delete("/{name}", status_code=204, summary="Delete a model, its versions and their files")
+async def delete_model(name: str, request: Request, catalog: CatalogDep) -> Response:
+    await run_in_threadpool(catalog.delete_model, name)
+    await publish_event(request.app, "model", name)
+    return Response(status_code=204)
+
+
+@router.get("/{name}/versions", response_model=list[ModelVersionPublic], summary="List a model's versions")
+def list_versions(name: str, catalog: CatalogDep) -> list[ModelVersionPublic]:
+    return catalog.list_versions(name)
+
+
+@router.get(
+    "/{name}/versions/{version}",
+    response_model=ModelVersionPublic,
+    summary="Describe a version (a number, `latest`, or an alias)",
+)
+def get_version(name: str, version: str, catalog: CatalogDep) -> ModelVersionPublic:
+    model, row = catalog.resolve(name, version)
+    return catalog.version_public(model, row)
+
+
+@router.get("/{name}/versions/{version}/artifact", summary="Download the original file, byte-identical")
+def download_artifact(name: str, version: str, catalog: CatalogDep) -> FileResponse:
+    model, row = catalog.resolve(name, version)
+    path = catalog.store.local_path(row.sha256)
+    return FileResponse(
+        path,
+        media_type=_MEDIA_TYPES.get(row.format, "application/octet-stream"),
+        filename=f"{model.name}-v{row.version}{_EXTENSIONS.get(row.format, '')}",
+        headers={"ETag": f'"{row.sha256}"', "X-Content-SHA256": row.sha256},
+    )
+
+
+@router.get("/{name}/versions/{version}/example", summary="A valid example request body for this version")
+def get_example(name: str, version: str, catalog: CatalogDep) -> dict[str, Any]:
+    _, row = catalog.resolve(name, version)
+    return example_body(catalog.description_of(row))
+
+
+@router.delete("/{name}/versions/{version}", status_code=204, summary="Delete one version and its file")
+async def delete_version(name: str, version: str, request: Request, catalog: CatalogDep) -> Response:
+    await run_in_threadpool(catalog.delete_version, name, version)
+    await publish_event(request.app, "model", name)
+    return Response(status_code=204)
+
+
+@router.put("/{name}/aliases/{alias}", response_model=AliasPublic, summary="Point an alias at a version")
+async def put_alias(name: str, alias: str, body: AliasTarget, request: Request, catalog: CatalogDep) -> AliasPublic:
+    row = catalog.set_alias(name, alias, body.version)
+    await publish_event(request.app, "alias", name, alias=alias, version=row.version)
+    await roll_followers(request, catalog.session, name)
+    return AliasPublic(model=name, alias=alias, version=row.version)
+
+
+@router.delete("/{name}/aliases/{alias}", status_code=204, summary="Remove an alias")
+async def delete_alias(name: str, alias: str, request: Request, catalog: CatalogDep) -> Response:
+    followers = alias_followers(catalog.session, catalog.get_model(name), alias)
+    if followers:
+        raise Conflict(f"Alias '{alias}' is followed by service(s): {', '.join(followers)}", services=followers)
+    catalog.delete_alias(name, alias)
+    await publish_event(request.app, "alias", name, alias=alias, version=None)
+    return Response(status_code=204)
