@@ -1,0 +1,221 @@
+"""An inference process: pool mode (any model version, for model test) or pinned to one service's version."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import ORJSONResponse
+from pydantic import BaseModel
+
+from inference.payloads import records_from_request
+from inference.predictor import Predictor, VersionRef
+from inference.resolver import VersionResolver
+from inference.validation import records_from_body
+from shared.app import instrument_app
+from shared.artifacts import LocalArtifactStore
+from shared.errors import BadRequest, ModelServeError, ServiceUnavailable
+from shared.metrics import mark_process_up
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelTestResponse(BaseModel):
+    """Predictions in the order of the records sent, with the version that answered and the time it took."""
+
+    model: str
+    version: int
+    predictions: list[dict[str, Any]]
+    warnings: list[str] = []
+    timing: dict[str, float]
+
+
+_TEST_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"type": "object", "properties": {"inputs": {"type": "object"}}, "required": ["inputs"]},
+                        {"type": "object", "properties": {"inputs": {"type": "array", "items": {"type": "object"}}}},
+                        {"type": "object", "properties": {"columns": {"type": "array"}, "data": {"type": "array"}}},
+                    ]
+                },
+                "example": {"inputs": {"X": [5.1, 3.5, 1.4, 0.2]}},
+            },
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+        },
+    }
+}
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """The one model version a service replica serves."""
+
+    service: str
+    model: str
+    version: int
+
+
+class _PinnedState:
+    def __init__(self) -> None:
+        self.ref: VersionRef | None = None
+        self.error: str | None = None
+        self.requests = 0
+
+
+async def _load_pinned(app: FastAPI, pinned: Pinned) -> None:
+    state: _PinnedState = app.state.pinned
+    try:
+        ref = await app.state.resolver.resolve(pinned.model, str(pinned.version))
+        await app.state.predictor.runtime(ref)  # load before answering ready
+        state.ref = ref
+        log.info("replica of %s ready with %s v%d", pinned.service, pinned.model, pinned.version)
+    except Exception as exc:
+        state.error = exc.detail if isinstance(exc, ModelServeError) else f"{type(exc).__name__}: {exc}"
+        log.error("replica of %s cannot load %s v%d: %s", pinned.service, pinned.model, pinned.version, state.error)
+
+
+def create_app(settings: Settings | None = None, pinned: Pinned | None = None) -> FastAPI:
+    """Pool mode (`pinned` None) serves model test for any version; pinned mode serves one service."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = LocalArtifactStore(settings.artifacts_dir)
+        app.state.predictor = Predictor(settings, store)
+        app.state.resolver = VersionResolver(settings)
+        app.state.pinned = _PinnedState()
+        loading = asyncio.create_task(_load_pinned(app, pinned)) if pinned else None
+        mark_process_up("inference" if pinned is None else "replica")
+        try:
+            yield
+        finally:
+            if loading is not None:
+                loading.cancel()
+                await asyncio.gather(loading, return_exceptions=True)
+            await app.state.predictor.close()
+            await app.state.resolver.aclose()
+
+    app = FastAPI(
+        title="modelserve inference", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse
+    )
+    app.state.settings = settings
+
+    async def artifacts_ready() -> None:
+        if not settings.artifacts_dir.is_dir():
+            raise RuntimeError(f"artifact store {settings.artifacts_dir} is missing")
+
+    async def model_ready() -> None:
+        state: _PinnedState = app.state.pinned
+        if state.error:
+            raise RuntimeError(state.error)
+        if state.ref is None:
+            raise RuntimeError("loading the model")
+
+    checks: dict[str, Any] = {"artifacts": artifacts_ready}
+    if pinned is not None:
+        checks["model"] = model_ready
+    instrument_app(app, "inference", checks, internal_token=settings.internal_token)
+    if pinned is not None:
+        _add_pinned_routes(app, pinned)
+
+    @app.post(
+        "/api/v1/models/{name}/versions/{version}/test",
+        response_model=ModelTestResponse,
+        tags=["models"],
+        summary="Test a model version with JSON records or a CSV/JSON file",
+        openapi_extra=_TEST_DOC,
+    )
+    async def test_model(name: str, version: str, request: Request) -> ModelTestResponse:
+        ref = await request.app.state.resolver.resolve(name, version)
+        records = await records_from_request(request)
+        result = await request.app.state.predictor.predict(ref, records)
+        return ModelTestResponse(
+            model=ref.model,
+            version=ref.version,
+            predictions=result.predictions,
+            warnings=result.warnings,
+            timing=result.timing,
+        )
+
+    return app
+
+
+def _add_pinned_routes(app: FastAPI, pinned: Pinned) -> None:
+    @app.get("/internal/stats", include_in_schema=False)
+    async def stats() -> dict[str, Any]:
+        state: _PinnedState = app.state.pinned
+        return {
+            "service": pinned.service,
+            "model": pinned.model,
+            "version": pinned.version,
+            "ready": state.ref is not None,
+            "error": state.error,
+            "requests": state.requests,
+        }
+
+    @app.post("/predict-many", include_in_schema=False)
+    async def predict_many(request: Request) -> dict[str, Any]:
+        """Several predict bodies coalesced by the gateway: each gets its own status and body."""
+        state: _PinnedState = app.state.pinned
+        if state.ref is None:
+            raise ServiceUnavailable(state.error or "The model is still loading", headers={"Retry-After": "1"})
+        try:
+            bodies = orjson.loads(await request.body())["requests"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise BadRequest("Expected {'requests': [...]}") from exc
+        state.requests += len(bodies)
+        ref = state.ref
+
+        async def one(body: Any) -> dict[str, Any]:
+            try:
+                result = await app.state.predictor.predict(ref, records_from_body(body))
+            except ModelServeError as err:
+                return {"status": err.status, "body": err.to_problem("/predict")}
+            return {
+                "status": 200,
+                "body": {
+                    "service": pinned.service,
+                    "model": ref.model,
+                    "version": ref.version,
+                    "predictions": result.predictions,
+                    "warnings": result.warnings,
+                },
+            }
+
+        return {"responses": await asyncio.gather(*(one(b) for b in bodies))}
+
+    @app.post("/predict", include_in_schema=False)
+    async def predict(request: Request) -> dict[str, Any]:
+        state: _PinnedState = app.state.pinned
+        if state.ref is None:
+            raise ServiceUnavailable(state.error or "The model is still loading", headers={"Retry-After": "1"})
+        state.requests += 1
+        records = await records_from_request(request)
+        result = await app.state.predictor.predict(state.ref, records)
+        return {
+            "service": pinned.service,
+            "model": state.ref.model,
+            "version": state.ref.version,
+            "predictions": result.predictions,
+            "warnings": result.warnings,
+        }
+
+
+def create_pinned_app() -> FastAPI:
+    """Factory for `modelserve inference --service …` (uvicorn factories take no arguments)."""
+    service, model, version = os.environ["MODELSERVE_PINNED"].split("\t")
+    return create_app(Settings(), Pinned(service, model, int(version)))

@@ -1,0 +1,105 @@
+"""Predicting for a model version: validate, then the cached runtime through its micro-batcher (no HTTP here)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference.batching import MicroBatcher
+from inference.runtimes import load_runtime
+from inference.runtimes.base import ModelDescription, Runtime
+from inference.session_cache import SessionCache
+from inference.validation import validate_records
+from shared.artifacts import ArtifactStore
+from shared.settings import Settings
+
+_ENGINE_BY_IMPLEMENTATION = {"jpmml-evaluator": "jpmml", "pypmml": "pypmml"}
+_VALIDATE_IN_THREAD = 2_000  # records; past this, validation would stall the event loop
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A resolved model version: what to load and how to check its input."""
+
+    model: str
+    version: int
+    sha256: str
+    description: ModelDescription
+
+    @property
+    def key(self) -> str:
+        # The engine and function type are part of the identity: one file may be served two ways.
+        return f"{self.sha256}:{self.description.engine.implementation}:{self.description.function_type}"
+
+
+@dataclass
+class Prediction:
+    predictions: list[dict[str, Any]]
+    warnings: list[str]
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+class Predictor:
+    """Loaded runtimes in a bounded cache, one micro-batcher per loaded runtime."""
+
+    def __init__(self, settings: Settings, store: ArtifactStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.cache = SessionCache(
+            max_models=settings.session_cache_max_models, max_bytes=settings.session_cache_max_bytes
+        )
+        self._batchers: dict[str, tuple[Runtime, MicroBatcher]] = {}
+        self._closing: set[asyncio.Future[None]] = set()
+
+    def _load(self, ref: VersionRef) -> tuple[Runtime, int]:
+        path = self.store.local_path(ref.sha256)
+        engine = _ENGINE_BY_IMPLEMENTATION.get(ref.description.engine.implementation or "")
+        runtime = load_runtime(path, self.settings, function_type=ref.description.function_type, engine=engine)
+        return runtime, path.stat().st_size
+
+    async def runtime(self, ref: VersionRef) -> Runtime:
+        return await self.cache.get(ref.key, lambda: self._load(ref))
+
+    def _batcher(self, ref: VersionRef, runtime: Runtime) -> MicroBatcher:
+        current = self._batchers.get(ref.key)
+        if current is not None and current[0] is runtime:
+            return current[1]
+        if current is not None:  # the runtime was evicted and loaded again: the old batcher is stale
+            task = asyncio.ensure_future(current[1].close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        batcher = MicroBatcher(
+            runtime.predict,
+            max_batch_size=self.settings.max_batch_size,
+            max_batch_delay_ms=self.settings.max_batch_delay_ms,
+            name=f"{ref.model}:{ref.version}",
+        )
+        self._batchers[ref.key] = (runtime, batcher)
+        return batcher
+
+    async def predict(self, ref: VersionRef, records: list[dict[str, Any]]) -> Prediction:
+        start = time.perf_counter()
+        if len(records) > _VALIDATE_IN_THREAD:
+            clean, warnings = await asyncio.to_thread(validate_records, ref.description, records)
+        else:
+            clean, warnings = validate_records(ref.description, records)
+        validated = time.perf_counter()
+        runtime = await self.runtime(ref)
+        loaded = time.perf_counter()
+        predictions = await self._batcher(ref, runtime).submit(clean)
+        done = time.perf_counter()
+        timing = {
+            "validate_ms": round((validated - start) * 1000, 3),
+            "load_ms": round((loaded - validated) * 1000, 3),
+            "predict_ms": round((done - loaded) * 1000, 3),
+            "total_ms": round((done - start) * 1000, 3),
+        }
+        return Prediction(predictions, warnings, timing)
+
+    async def close(self) -> None:
+        for _, batcher in self._batchers.values():
+            await batcher.close()
+        self._batchers.clear()
+        await self.cache.clear()

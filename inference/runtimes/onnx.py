@@ -1,0 +1,592 @@
+"""ONNX runtime: onnxruntime sessions, one `session.run` per batch, answers normalised by function type."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from itertools import chain, repeat
+from operator import setitem
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from inference.runtimes.base import NO_GC_ROWS, EngineInfo, FieldSpec, FunctionType, ModelDescription, gc_paused_for
+from inference.runtimes.onnx_schema import (
+    OutputRoles,
+    algorithm_and_function,
+    class_labels,
+    inputs_of,
+    output_roles,
+    outputs_of,
+    parse_onnx,
+    refuse_external_data,
+    resolve_function_type,
+)
+from shared.errors import InvalidModel, ModelServeError, ValidationFailed, field_error
+from shared.settings import Settings
+
+logger = logging.getLogger("modelserve.runtimes.onnx")
+
+_OPTIMISATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_ENGINE_CHOICES = (None, "auto", "onnx", "onnxruntime")
+
+
+def numpy_dtype(data_type: str) -> np.dtype[Any]:
+    """numpy dtype of an ONNX element type name (`string` -> object, as onnxruntime wants)."""
+    if data_type == "string":
+        return np.dtype(object)
+    return np.dtype(helper.tensor_dtype_to_np_dtype(getattr(TensorProto, data_type.upper())))
+
+
+def providers(settings: Settings) -> list[str]:
+    """Configured execution providers that this onnxruntime build has, CUDA first, CPU always last."""
+    available = set(ort.get_available_providers())
+    chosen = [p for p in settings.onnx_providers if p in available]
+    if "CUDAExecutionProvider" in chosen:
+        chosen.remove("CUDAExecutionProvider")
+        chosen.insert(0, "CUDAExecutionProvider")
+    if "CPUExecutionProvider" in chosen:
+        chosen.remove("CPUExecutionProvider")
+    return [*chosen, "CPUExecutionProvider"]
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.onnx_intra_op_threads
+    options.inter_op_num_threads = settings.onnx_inter_op_threads
+    options.graph_optimization_level = _OPTIMISATION[settings.onnx_graph_optimization]
+    return options
+
+
+def _jsonable(value: Any) -> Any:
+    """An onnxruntime result as plain JSON-ready Python (lists, floats, ints, strs)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(_jsonable(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def _scalar(value: Any) -> Any:
+    return _unwrap(_jsonable(value))
+
+
+def _unwrap(item: Any) -> Any:
+    while isinstance(item, list) and len(item) == 1:
+        item = item[0]
+    return item
+
+
+_ZIPMAP_TYPES = frozenset({"seq(map(int64,float))", "seq(map(string,float))"})
+"""A ZipMap's output: onnxruntime gives a list of dicts {int|str: float}."""
+_FAST_INPUT_ROWS = 64
+"""From this many records, a float [N, k] input is filled with `np.fromiter` (≈2× faster than `np.asarray`)."""
+
+
+def _fill(dicts: list[dict[str, Any]], key: str, values: Any) -> None:
+    """`dicts[i][key] = values[i]` for every i, looped in C."""
+    deque(map(setitem, dicts, repeat(key), values), maxlen=0)
+
+
+def _column(value: Any, size: int, keys: dict[Any, str] | None) -> list[Any] | None:
+    """One output as its per-record JSON-ready values (what `_jsonable(_row(value, i, size))` gives for each i).
+
+    `keys`: for a ZipMap output (`seq(map(int64|string, float))`), its keys as strings, filled on first use.
+    None when the output is not one entry per record (a constant output): the caller answers row by row.
+    """
+    if type(value) is np.ndarray:
+        if value.ndim == 0 or value.shape[0] != size:
+            return None
+        if value.dtype.kind in "biuf":
+            return value.tolist()  # type: ignore[no-any-return]
+        return [_jsonable(v) for v in value]
+    if type(value) is list and len(value) == size:
+        if keys is not None:
+            # ZipMap: int or str keys (str(k) is what _jsonable makes of them), float values kept as they are.
+            try:
+                return [{keys[k]: v for k, v in d.items()} for d in value]
+            except KeyError:
+                for d in value:
+                    keys.update((k, str(k)) for k in d if k not in keys and type(k) in (int, str))
+                try:
+                    return [{keys[k]: v for k, v in d.items()} for d in value]
+                except KeyError:
+                    pass
+        return [_jsonable(v) for v in value]
+    return None
+
+
+class OnnxRuntime:
+    """A loaded ONNX model on an onnxruntime `InferenceSession`."""
+
+    def __init__(
+        self,
+        description: ModelDescription,
+        session: ort.InferenceSession,
+        roles: OutputRoles,
+        zipmaps: dict[str, _ZipMapSource] | None = None,
+    ) -> None:
+        self.description = description
+        self._session: ort.InferenceSession | None = session
+        self._roles = roles
+        # The model's own outputs (a session built with ZipMap tensors exposed has those after them).
+        self._output_names = [o.name for o in description.outputs] or [o.name for o in session.get_outputs()]
+        self._zipmap_sources = zipmaps or {}
+        """ZipMap outputs answered from their input tensor: onnxruntime's dicts cost more than the model."""
+        self._zipmap_names = frozenset(self._zipmap_sources)
+        self._zipmap_positions = [
+            (i, self._zipmap_sources[name]) for i, name in enumerate(self._output_names) if name in self._zipmap_sources
+        ]
+        self._fetch = [
+            self._zipmap_sources[name].tensor if name in self._zipmap_sources else name for name in self._output_names
+        ]
+        self._inputs = description.inputs
+        self._fixed_batch = any(spec.shape and spec.shape[0] == 1 for spec in self._inputs)
+        self._input_names = [spec.name for spec in self._inputs]
+        # (spec, numpy dtype or None for sequence/map inputs, row width when a float [N, k] input)
+        self._input_plan: list[tuple[FieldSpec, np.dtype[Any] | None, int | None]] = []
+        for spec in self._inputs:
+            dtype = None if _non_tensor(spec) else numpy_dtype(spec.data_type)
+            width = None
+            if dtype is not None and dtype.kind == "f" and spec.shape is not None and len(spec.shape) == 2:
+                width = spec.shape[1] if isinstance(spec.shape[1], int) and spec.shape[1] > 0 else None
+            self._input_plan.append((spec, dtype, width))
+        labels = description.class_labels
+        self._class_keys = [str(label) for label in labels] if labels else None
+        self._zipmaps = zipmap_outputs = {o.name for o in description.outputs if o.data_type in _ZIPMAP_TYPES}
+        # Output name -> its ZipMap keys as strings (filled on first use), None for other outputs.
+        self._key_maps: list[tuple[str, dict[Any, str] | None]] = [
+            (name, {} if name in zipmap_outputs else None) for name in self._output_names
+        ]
+
+    def _tensor(
+        self, spec: FieldSpec, values: list[Any], dtype: np.dtype[Any] | None = None, width: int | None = None
+    ) -> np.ndarray:
+        if dtype is None:
+            dtype = numpy_dtype(spec.data_type)
+        size = len(values)
+        if size >= _FAST_INPUT_ROWS and width is not None and set(map(type, values)) <= {list, tuple}:
+            # Every record a flat list of `width` numbers: one C loop over all of them (same values as asarray).
+            try:
+                if set(map(len, values)) == {width}:
+                    return np.fromiter(chain.from_iterable(values), dtype, count=size * width).reshape(size, width)
+            except (TypeError, ValueError):
+                pass  # nested or non-numeric values: asarray below says what is wrong
+        rank = len(spec.shape) if spec.shape is not None else None
+        try:  # fast path: every record already has the per-record shape
+            array = np.asarray(values, dtype=dtype)
+            if rank is None or array.ndim == rank:
+                return array
+            if array.ndim == rank - 1 and spec.shape and spec.shape[-1] in (1, None):
+                return array.reshape(*array.shape, 1)  # scalars for an [N, 1] input
+        except (TypeError, ValueError):
+            pass
+        rows = []
+        for i, value in enumerate(values):
+            try:
+                row = np.asarray(value, dtype=dtype)
+            except (TypeError, ValueError) as exc:
+                raise _input_error(i, spec, f"not a {spec.data_type} tensor: {exc}") from None
+            if rank is not None and row.ndim == rank - 2:
+                row = row.reshape(*row.shape, 1)  # a scalar for an [N, 1] input
+            rows.append(row)
+        for i, row in enumerate(rows):
+            if (rank is not None and row.ndim != rank - 1) or row.shape != rows[0].shape:
+                raise _input_error(
+                    i, spec, f"wrong shape {list(row.shape)}, expected {spec.shape[1:] if spec.shape else '?'}"
+                )
+        return np.stack(rows)
+
+    def _run(self, records: list[dict[str, Any]]) -> tuple[list[Any], frozenset[str]]:
+        """The session's outputs in `_output_names` order, and which of them are ZipMaps already converted."""
+        session = self._session
+        assert session is not None
+        try:
+            if len(self._input_names) == 1:
+                name = self._input_names[0]
+                columns = [[r[name] for r in records]]
+            else:
+                columns = [[r[name] for r in records] for name in self._input_names]
+        except KeyError:
+            missing = sorted({name for name in self._input_names for r in records if name not in r})
+            if not missing:
+                raise
+            errors = [field_error(f"inputs.{name}", "missing required input") for name in missing]
+            raise ValidationFailed(f"Missing input(s): {', '.join(missing)}", errors=errors) from None
+        feeds: dict[str, Any] = {}
+        for (spec, dtype, width), values in zip(self._input_plan, columns, strict=True):
+            # sequence/map inputs (e.g. DictVectorizer) go as they are
+            feeds[spec.name] = values if dtype is None else self._tensor(spec, values, dtype, width)
+        try:
+            if not self._zipmap_sources:
+                return list(session.run(self._output_names, feeds)), frozenset()
+            outputs = list(session.run(self._fetch, feeds))
+            size = len(records)
+            for i, source in self._zipmap_positions:
+                column = _zipmap_column(source, outputs[i], size)
+                if column is None:  # not the [N, C] floats expected: let onnxruntime zip them
+                    return list(session.run(self._output_names, feeds)), frozenset()
+                outputs[i] = column
+            return outputs, self._zipmap_names
+        except (InvalidArgument, ValueError) as exc:
+            raise ValidationFailed(
+                f"onnxruntime refused the inputs: {exc}", errors=[field_error("inputs", str(exc))]
+            ) from None
+        except Exception as exc:
+            raise ModelServeError(f"onnxruntime failed: {exc}") from None
+
+    def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Stack the records into one tensor per input, run the session once, normalise each row."""
+        if self._session is None:
+            raise ModelServeError("The model was unloaded")
+        if not records:
+            return []
+        if self._fixed_batch and len(records) > 1:
+            # A graph exported with batch size 1 cannot take a stacked batch: run it record by record.
+            return [answer for record in records for answer in self.predict([record])]
+        if len(records) < NO_GC_ROWS:  # the common small call skips the context manager's cost
+            return self._predict(records)
+        with gc_paused_for(len(records)):
+            return self._predict(records)
+
+    def _predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        outputs, converted = self._run(records)
+        results = dict(zip(self._output_names, outputs, strict=True))
+        size = len(records)
+        if size == 1:
+            answer = self._answer_one(results, converted)
+            if answer is not None:
+                return [answer]
+        answers = self._answers(results, size, converted)
+        if answers is not None:
+            return answers
+        return [self._answer({name: _row(value, i, size) for name, value in results.items()}) for i in range(size)]
+
+    def _answer_one(self, results: dict[str, Any], converted: frozenset[str]) -> dict[str, Any] | None:
+        """One record's answer for the usual graphs (numeric tensors, ZipMap), with as few calls as possible.
+
+        The same answer as `_answers` gives; None for anything else (it then answers).
+        """
+        raw: dict[str, Any] = {}
+        for name, keys in self._key_maps:
+            value = results[name]
+            if name in converted:
+                raw[name] = value[0]
+            elif type(value) is np.ndarray and value.ndim and value.shape[0] == 1 and value.dtype.kind in "biuf":
+                raw[name] = value.tolist()[0]
+            elif keys is not None and type(value) is list and len(value) == 1 and type(value[0]) is dict:
+                try:
+                    raw[name] = {keys[k]: v for k, v in value[0].items()}
+                except KeyError:
+                    return None
+            else:
+                return None
+        roles, function_type = self._roles, self.description.function_type
+        if function_type == "classification" and roles.label is not None:
+            label = raw[roles.label]
+            if type(label) is list:
+                return None
+            if roles.probabilities is None:
+                return {"label": label, "probabilities": {}, "raw": raw}
+            if roles.probabilities in self._zipmaps:
+                return {"label": label, "probabilities": raw[roles.probabilities], "raw": raw}
+            return None
+        if function_type == "regression" and roles.value is not None:
+            value = raw[roles.value]
+            if type(value) is list and len(value) == 1:
+                value = value[0]
+            if type(value) is float:
+                return {"value": value, "raw": raw}
+        return None
+
+    def _answers(self, results: dict[str, Any], size: int, converted: frozenset[str]) -> list[dict[str, Any]] | None:
+        """The batch's answers built column by column (one `tolist()` per output, no per-row numpy).
+
+        Same answers as `_answer` row by row; `raw` and the normalised fields share objects where their
+        values are equal (a ZipMap dict is both `raw[...]` and `probabilities`). None for outputs this
+        path does not handle (constant outputs, unusual shapes): the caller answers row by row.
+        """
+        columns: dict[str, list[Any]] = {}
+        for name, keys in self._key_maps:
+            column = results[name] if name in converted else _column(results[name], size, keys)
+            if column is None:
+                return None
+            columns[name] = column
+        if len(columns) == 2:  # the usual label + probabilities (or label + scores)
+            (first, first_values), (second, second_values) = columns.items()
+            raws = [{first: a, second: b} for a, b in zip(first_values, second_values, strict=True)]
+        elif size < NO_GC_ROWS:
+            names = list(columns)
+            raws = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+        else:
+            raws = [{} for _ in range(size)]
+            for name, column in columns.items():
+                _fill(raws, name, column)
+        roles, function_type = self._roles, self.description.function_type
+        if function_type == "classification":
+            assert roles.label is not None
+            labels = self._labels(results[roles.label], columns[roles.label])
+            probabilities = self._probability_column(results, columns, size)
+            if probabilities is None:
+                return None
+            return [
+                {"label": label, "probabilities": p, "raw": raw}
+                for label, p, raw in zip(labels, probabilities, raws, strict=True)
+            ]
+        if function_type == "regression":
+            assert roles.value is not None
+            values = _first_floats(results[roles.value], size)
+            if values is None:
+                return None
+            return [{"value": v, "raw": raw} for v, raw in zip(values, raws, strict=True)]
+        if function_type == "clustering":
+            assert roles.label is not None
+            clusters = self._labels(results[roles.label], columns[roles.label])
+            if roles.scores is None:
+                return [{"cluster": c, "raw": raw} for c, raw in zip(clusters, raws, strict=True)]
+            distances = _float_rows(results[roles.scores], columns[roles.scores])
+            if distances is None:
+                return None
+            return [
+                {"cluster": c, "distances": d, "raw": raw} for c, d, raw in zip(clusters, distances, raws, strict=True)
+            ]
+        if function_type == "dimensionality_reduction":
+            assert roles.components is not None
+            components = _float_rows(results[roles.components], columns[roles.components])
+            if components is None:
+                return None
+            return [{"components": c, "raw": raw} for c, raw in zip(components, raws, strict=True)]
+        return [{"raw": raw} for raw in raws]
+
+    @staticmethod
+    def _labels(value: Any, column: list[Any]) -> list[Any]:
+        """`_scalar` of each row: a 1-D numeric tensor's values as they are, else single-item lists unwrapped."""
+        if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "biuf":
+            return column
+        return [_unwrap(v) for v in column]
+
+    def _probability_column(
+        self, results: dict[str, Any], columns: dict[str, list[Any]], size: int
+    ) -> list[dict[str, float]] | None:
+        """`_probabilities` of each row, sharing the raw ZipMap dicts; None when only the row path knows."""
+        name = self._roles.probabilities
+        if name is None:
+            return [{} for _ in range(size)]
+        value, column = results[name], columns[name]
+        if type(value) is list:
+            if name in self._zipmaps:
+                return column  # ZipMap: {str(class): float} already, the same object as in raw
+            return None
+        if not (type(value) is np.ndarray and value.ndim == 2 and value.dtype.kind == "f"):
+            return None
+        keys = self._class_keys or [str(i) for i in range(value.shape[1])]
+        if value.shape[1] == 0 or not keys:
+            return [{} for _ in range(size)]
+        probabilities: list[dict[str, float]] = [{} for _ in range(size)]
+        for key, scores in zip(keys, value.T.tolist(), strict=False):
+            _fill(probabilities, key, scores)
+        return probabilities
+
+    def _answer(self, row: dict[str, Any]) -> dict[str, Any]:
+        raw = {name: _jsonable(value) for name, value in row.items()}
+        roles, function_type = self._roles, self.description.function_type
+        if function_type == "classification":
+            assert roles.label is not None
+            return {"label": _scalar(row[roles.label]), "probabilities": self._probabilities(row), "raw": raw}
+        if function_type == "regression":
+            assert roles.value is not None
+            return {"value": float(np.asarray(row[roles.value]).ravel()[0]), "raw": raw}
+        if function_type == "clustering":
+            assert roles.label is not None
+            answer: dict[str, Any] = {"cluster": _scalar(row[roles.label])}
+            if roles.scores is not None:
+                answer["distances"] = [float(v) for v in np.asarray(row[roles.scores]).ravel()]
+            answer["raw"] = raw
+            return answer
+        if function_type == "dimensionality_reduction":
+            assert roles.components is not None
+            return {"components": [float(v) for v in np.asarray(row[roles.components]).ravel()], "raw": raw}
+        return {"raw": raw}
+
+    def _probabilities(self, row: dict[str, Any]) -> dict[str, float]:
+        name = self._roles.probabilities
+        if name is None:
+            return {}
+        value = row[name]
+        if isinstance(value, dict):  # ZipMap
+            return {str(k): float(v) for k, v in value.items()}
+        scores = np.asarray(value, dtype=np.float64).ravel()
+        labels = self.description.class_labels or list(range(len(scores)))
+        return {str(label): float(p) for label, p in zip(labels, scores, strict=False)}
+
+    def unload(self) -> None:
+        """Drop the session (onnxruntime frees it with the last reference)."""
+        self._session = None
+
+
+@dataclass(frozen=True)
+class _ZipMapSource:
+    """A ZipMap graph output rebuilt from the float tensor it zips (that tensor exposed as an extra output).
+
+    onnxruntime builds the ZipMap's dicts with its keys in sorted order (a `std::map`), one float per class;
+    `keys` are those keys as strings in that order and `columns` the tensor column of each.
+    """
+
+    tensor: str
+    keys: list[str]
+    columns: list[int]
+    pairs: tuple[tuple[str, int], ...]
+    """(key, column) in key order."""
+
+
+def _zipmap_sources(model: onnx.ModelProto) -> dict[str, _ZipMapSource]:
+    """Graph outputs made by a ZipMap of a computed float tensor, by output name (unique class labels only)."""
+    outputs = {o.name for o in model.graph.output}
+    graph_inputs = {i.name for i in model.graph.input}
+    found: dict[str, _ZipMapSource] = {}
+    for node in model.graph.node:
+        if node.op_type != "ZipMap" or node.domain != "ai.onnx.ml" or len(node.input) != 1 or len(node.output) != 1:
+            continue
+        if node.output[0] not in outputs or node.input[0] in outputs or node.input[0] in graph_inputs:
+            continue
+        attributes = {a.name: a for a in node.attribute}
+        labels: list[Any]
+        if "classlabels_int64s" in attributes and attributes["classlabels_int64s"].ints:
+            labels = [int(v) for v in attributes["classlabels_int64s"].ints]
+            order = sorted(range(len(labels)), key=lambda j: labels[j])
+        elif "classlabels_strings" in attributes and attributes["classlabels_strings"].strings:
+            labels = [v.decode("utf-8") for v in attributes["classlabels_strings"].strings]
+            order = sorted(range(len(labels)), key=lambda j: labels[j].encode("utf-8"))
+        else:
+            continue
+        if len(set(labels)) != len(labels):
+            continue
+        keys = [str(labels[j]) for j in order]
+        found[node.output[0]] = _ZipMapSource(node.input[0], keys, order, tuple(zip(keys, order, strict=True)))
+    return found
+
+
+def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> bytes:
+    """The model with `tensors` (float tensors computed by the graph) added to its outputs, serialised."""
+    extended = onnx.ModelProto()
+    extended.CopyFrom(model)
+    for name in tensors:
+        extended.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return extended.SerializeToString()  # type: ignore[no-any-return]
+
+
+def _zipmap_column(source: _ZipMapSource, tensor: Any, size: int) -> list[dict[str, float]] | None:
+    """What onnxruntime's ZipMap would give for `tensor`, keys already strings; None when it is not [size, C]."""
+    if (
+        type(tensor) is not np.ndarray
+        or tensor.ndim != 2
+        or tensor.shape != (size, len(source.keys))
+        or tensor.dtype != np.float32
+    ):
+        return None
+    if size == 1:
+        row = tensor[0].tolist()
+        return [{key: row[j] for key, j in source.pairs}]
+    columns = tensor.T.tolist()
+    maps: list[dict[str, float]] = [{} for _ in range(size)]
+    for key, j in source.pairs:
+        _fill(maps, key, columns[j])
+    return maps
+
+
+def _non_tensor(spec: FieldSpec) -> bool:
+    return spec.data_type.startswith(("seq(", "map("))
+
+
+def _input_error(i: int, spec: FieldSpec, message: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"Invalid input {spec.name!r} in record {i}", errors=[field_error(f"inputs[{i}].{spec.name}", message)]
+    )
+
+
+def _first_floats(value: Any, size: int) -> list[float] | None:
+    """`float(ravel(row)[0])` of each row of a batch tensor, None when it is not one."""
+    if not isinstance(value, np.ndarray) or value.ndim == 0 or value.shape[0] != size or value.dtype.kind not in "biuf":
+        return None
+    if value.ndim == 1:
+        return value.astype(np.float64, copy=False).tolist()  # type: ignore[no-any-return]
+    flat = value.reshape(size, -1)
+    if flat.shape[1] == 0:
+        return None
+    return flat[:, 0].astype(np.float64).tolist()  # type: ignore[no-any-return]
+
+
+def _float_rows(value: Any, column: list[Any]) -> list[list[float]] | None:
+    """`[float(v) for v in ravel(row)]` of each row; a 2-D float tensor's rows are its raw lists, shared."""
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+        return None
+    if value.ndim == 2 and value.dtype.kind == "f":
+        return column
+    return [[float(v) for v in row] for row in value.reshape(value.shape[0], -1).tolist()]
+
+
+def _row(value: Any, i: int, size: int) -> Any:
+    # Batch outputs hold one entry per record; anything else (a constant output) is shared by all rows.
+    if isinstance(value, list) and len(value) == size:
+        return value[i]
+    if isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == size:
+        return value[i]
+    return value
+
+
+def load_onnx(
+    path: Path,
+    *,
+    function_type: FunctionType | None = None,
+    settings: Settings | None = None,
+    engine: str | None = None,
+) -> OnnxRuntime:
+    """Load an ONNX file (external data refused). Raises `InvalidModel` or `ValidationFailed`."""
+    if engine not in _ENGINE_CHOICES:
+        raise ValidationFailed(
+            "engine applies to PMML models only",
+            errors=[
+                field_error("engine", "ONNX models are served by onnxruntime", expected="onnxruntime", received=engine)
+            ],
+        )
+    settings = settings or Settings()
+    data = path.read_bytes()
+    model = parse_onnx(data)  # bytes, so no external data is ever read
+    refuse_external_data(model)
+    roles = output_roles(model)
+    algorithm, inferred = algorithm_and_function(model, roles)
+    resolved = resolve_function_type(inferred, function_type, roles)
+    try:
+        zipmaps = _zipmap_sources(model)
+        graph = _with_outputs(model, [z.tensor for z in zipmaps.values()]) if zipmaps else data
+        session = ort.InferenceSession(graph, sess_options=session_options(settings), providers=providers(settings))
+    except Exception as exc:  # onnxruntime raises Fail/InvalidGraph/NotImplemented… for bad graphs
+        raise InvalidModel(f"onnxruntime cannot load the model: {exc}") from None
+    description = ModelDescription(
+        format="onnx",
+        engine=EngineInfo(name="onnx", version=ort.__version__, implementation="onnxruntime"),
+        algorithm=algorithm,
+        function_type=resolved,
+        inputs=inputs_of(model),
+        outputs=outputs_of(model),
+        class_labels=class_labels(model) if resolved == "classification" else None,
+    )
+    logger.debug("loaded ONNX %s: %s/%s on %s", path.name, algorithm, resolved, session.get_providers())
+    return OnnxRuntime(description, session, roles, zipmaps)
