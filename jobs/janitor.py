@@ -1,0 +1,131 @@
+"""Re-queues async work whose worker died, and queues submissions a dead gateway never batched.
+
+Runs in the scheduler process every tick, under a Redis lock so two schedulers never sweep at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import orjson
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from shared.errors import ModelServeError
+from shared.jobstore import (
+    BATCHES,
+    DONE_CHANNEL,
+    FINISH_LUA,
+    REQUEUE_LUA,
+    START_LUA,
+    UNBATCHED,
+    batch_key,
+    decode,
+    enqueue_batch,
+    job_key,
+    now,
+)
+from shared.redis import PREDICT_QUEUE
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+LOCK = "modelserve:async:janitor-lock"
+UNBATCHED_GRACE_SECONDS = 5.0
+MAX_ATTEMPTS = 3
+_WAITING = {"queued", "scheduled", "deferred", "created"}
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _in_queue(client: redis.Redis, batch_id: str) -> bool:
+    # "queued" but not in the list: a worker took it (RQ's intermediate queue) and lost it with its connection.
+    return Queue(PREDICT_QUEUE, connection=client, serializer=JSONSerializer).get_job_position(batch_id) is not None
+
+
+def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
+    if not client.set(LOCK, "1", nx=True, ex=10):
+        return {}
+    try:
+        return {"batched": _batch_orphans(client, settings), "requeued": _requeue_expired(client, settings)}
+    finally:
+        client.delete(LOCK)
+
+
+def _batch_orphans(client: redis.Redis, settings: Settings) -> int:
+    found = client.zrangebyscore(UNBATCHED, 0, now() - UNBATCHED_GRACE_SECONDS, start=0, num=5000)
+    ids = [_text(i) for i in found]
+    if not ids:
+        return 0
+    pipe = client.pipeline()
+    for job_id in ids:
+        pipe.hmget(job_key(job_id), "status", "service", "model", "version")
+    groups: dict[tuple[str, str, int], list[str]] = defaultdict(list)
+    for job_id, (status, service, model, version) in zip(ids, pipe.execute(), strict=True):
+        if status == b"queued" and service and model:
+            groups[(service.decode(), model.decode(), int(version or 0))].append(job_id)
+    for (service, model, version), group in groups.items():
+        enqueue_batch(client, service, model, version, group, settings.job_lease_seconds)
+        log.warning("queued %d async jobs of %s that no gateway batched", len(group), service)
+    client.zrem(UNBATCHED, *ids)
+    return sum(len(g) for g in groups.values())
+
+
+def _requeue_expired(client: redis.Redis, settings: Settings) -> int:
+    requeued = 0
+    for raw_id in client.zrangebyscore(BATCHES, 0, now(), start=0, num=1000):
+        batch_id = _text(raw_id)
+        info = decode(client.hgetall(batch_key(batch_id)))
+        if not info:
+            client.zrem(BATCHES, batch_id)
+            continue
+        try:
+            job: Job | None = Job.fetch(batch_id, connection=client, serializer=JSONSerializer)
+        except NoSuchJobError:
+            job = None
+        status = str(job.get_status(refresh=False)) if job is not None else None
+        status = status.rsplit(".", 1)[-1].lower() if status else None
+        if status in _WAITING and (status != "queued" or _in_queue(client, batch_id)):
+            client.zadd(BATCHES, {batch_id: now() + settings.job_lease_seconds})  # still waiting its turn
+            continue
+        if status == "finished":
+            client.zrem(BATCHES, batch_id)
+            client.delete(batch_key(batch_id))
+            continue
+        # Started with a lease nobody renews (the worker died), failed or gone: run it again elsewhere.
+        ids: list[str] = orjson.loads(info["ids"])
+        keys = [job_key(i) for i in ids]
+        client.eval(REQUEUE_LUA, len(keys), *keys)
+        attempts = int(info.get("attempts") or 0) + 1
+        client.zrem(BATCHES, batch_id)
+        client.delete(batch_key(batch_id))
+        if job is not None:
+            job.delete(remove_from_queue=True)
+        if attempts >= MAX_ATTEMPTS:
+            _give_up(client, settings, ids, attempts)
+            continue
+        new_id = enqueue_batch(
+            client, info["service"], info["model"], int(info["version"]), ids, settings.job_lease_seconds
+        )
+        client.hset(batch_key(new_id), "attempts", attempts)
+        log.warning("re-queued async batch %s as %s (attempt %d, was %s)", batch_id, new_id, attempts + 1, status)
+        requeued += 1
+    return requeued
+
+
+def _give_up(client: redis.Redis, settings: Settings, ids: list[str], attempts: int) -> None:
+    problem = ModelServeError(
+        f"The prediction was interrupted {attempts} times (its worker died); giving up"
+    ).to_problem()
+    keys = [job_key(i) for i in ids]
+    client.eval(START_LUA, len(keys), *keys, now())
+    for key in keys:
+        client.eval(
+            FINISH_LUA, 1, key, "failed", "error", orjson.dumps(problem), now(), settings.job_result_ttl_seconds
+        )
+    client.publish(DONE_CHANNEL, orjson.dumps(ids))

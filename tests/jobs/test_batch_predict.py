@@ -1,0 +1,275 @@
+"""Batch scoring in the worker: chunking, output columns, pause/continue, retries, crash recovery, schedules."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+from rq.scheduler import RQScheduler
+from rq.serializers import JSONSerializer
+from sqlmodel import Session
+
+from inference.runtimes import load_runtime
+from jobs import batch_runs
+from jobs.batch_predict import iter_chunks, model_columns, score_chunk
+from jobs.batch_runs import RUN_LEASES, execute_run
+from jobs.run_recovery import recover_runs
+from jobs.worker import build_worker
+from registry.app import create_app
+from registry.batch_schedules import RunQueue, next_fire, pending_fires
+from registry.batch_tables import BatchJob
+from shared.auth import INTERNAL_TOKEN_HEADER
+from shared.db import create_db_engine
+from shared.redis import BATCH_QUEUE, sync_redis
+from shared.settings import Settings
+from tests.conftest import LiveServer
+from tests.fixtures.batch import TOKEN, iris_csv, predict_job, read_output, upload_dataset, upload_model, worker_env
+
+COLUMNS = [{"name": "id", "type": "int64"}, {"name": "x", "type": "double"}]
+
+
+# --- chunking and output columns (no registry) -------------------------------------------------------------
+
+
+def _inputs(tmp_path: Path, rows: int) -> dict[str, Path]:
+    ids = list(range(rows))
+    (tmp_path / "in.csv").write_text("id,x\n" + "".join(f"{i},{i / 2}\n" for i in ids))
+    pq.write_table(pa.table({"id": ids, "x": [i / 2 for i in ids]}), tmp_path / "in.parquet", row_group_size=7)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": i, "x": i / 2}) + "\n" for i in ids))
+    return {"csv": tmp_path / "in.csv", "parquet": tmp_path / "in.parquet", "jsonl": tmp_path / "in.jsonl"}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_chunks_have_the_asked_size_and_skip_rows_done(tmp_path: Path, fmt: str) -> None:
+    path = _inputs(tmp_path, 25)[fmt]
+    chunks = list(iter_chunks(path, fmt, COLUMNS, 10))
+    assert [c.num_rows for c in chunks] == [10, 10, 5]
+    assert [i for c in chunks for i in c.column("id").to_pylist()] == list(range(25))
+    resumed = list(iter_chunks(path, fmt, COLUMNS, 10, skip=20))
+    assert [c.column("id").to_pylist() for c in resumed] == [list(range(20, 25))]
+
+
+def test_chunks_stream_a_large_csv_in_bounded_pieces(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    path.write_text("id,x\n" + "".join(f"{i},{i}\n" for i in range(300_000)))
+    sizes = [c.num_rows for c in iter_chunks(path, "csv", COLUMNS, 65_536)]
+    assert sizes == [65_536] * 4 + [300_000 - 4 * 65_536]
+
+
+@pytest.mark.parametrize(
+    ("model", "features", "expected"),
+    [
+        ("random_forest", 4, {"label", "probability_0", "probability_1", "probability_2"}),
+        ("linear_regression", 3, {"value"}),
+        ("kmeans", 4, {"cluster"}),
+        ("pca", 4, {"component_0", "component_1"}),
+    ],
+)
+def test_output_is_input_plus_normalised_prediction_columns(
+    onnx_models: dict[str, Path], settings: Settings, model: str, features: int, expected: set[str]
+) -> None:
+    runtime = load_runtime(onnx_models[model], settings)
+    columns = [f"f{i}" for i in range(features)]
+    table = pa.table({"id": [1, 2, 3], **{c: [5.1, 3.5, 1.4][:3] for c in columns}})
+    chosen = model_columns(runtime.description, table.column_names, {"X": columns})
+    scored = score_chunk(runtime, table, chosen)
+    assert scored.column_names[: features + 1] == ["id", *columns]
+    assert expected <= set(scored.column_names[features + 1 :]), scored.column_names
+    assert scored.num_rows == 3
+
+
+# --- through the registry and a burst worker --------------------------------------------------------------
+
+
+@pytest.fixture
+def live(settings: Settings) -> Iterator[LiveServer]:
+    with LiveServer(create_app(settings.model_copy(update={"internal_token": TOKEN}))) as server:
+        yield server
+
+
+@pytest.fixture
+def api(
+    live: LiveServer, settings: Settings, onnx_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live.url, headers={INTERNAL_TOKEN_HEADER: TOKEN}, timeout=30) as client:
+        upload_model(client, "iris", onnx_models["random_forest"])
+        upload_dataset(client, "scores-in", iris_csv(tmp_path / "in.csv", 45))
+        worker_env(monkeypatch, settings, live.url)
+        yield client
+
+
+def work(settings: Settings) -> None:
+    assert build_worker(settings).work(burst=True)
+
+
+def run(api: httpx.Client, job: str, number: int = 1) -> dict[str, Any]:
+    return dict(api.get(f"/api/v1/batch-jobs/{job}/runs/{number}").json())
+
+
+def test_pause_holds_the_checkpoint_and_continue_resumes_it(
+    api: httpx.Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.post("/api/v1/batch-jobs", json=predict_job("p"))
+    api.post("/api/v1/batch-jobs/p/runs")
+    original = batch_runs.RegistryClient.progress
+    calls: list[int] = []
+
+    def pause_after_first_chunk(self: batch_runs.RegistryClient, run_id: int, body: dict[str, Any]) -> str:
+        calls.append(body["rows_done"])
+        if len(calls) == 1:
+            assert api.post("/api/v1/batch-jobs/p/runs/1/pause").json()["requested"] == "pause"
+        return original(self, run_id, body)
+
+    monkeypatch.setattr(batch_runs.RegistryClient, "progress", pause_after_first_chunk)
+    work(settings)
+    paused = run(api, "p")
+    assert paused["status"] == "paused" and paused["rows_done"] == 10 and calls == [10]
+    assert paused["result_dataset"] is None and any("paused after row 10" in x for x in paused["log_tail"])
+    assert api.post("/api/v1/batch-jobs/p/runs/1/continue").json()["status"] == "queued"
+    work(settings)
+    done = run(api, "p")
+    assert done["status"] == "succeeded" and done["rows_done"] == 45 and done["attempt"] == 2
+    assert calls[:2] == [10, 20]  # resumed at the checkpoint, not from the start
+    ids = read_output(api.get("/api/v1/batch-jobs/p/runs/1/result").content)["id"]
+    assert sorted(ids) == list(range(45)) and len(ids) == 45
+
+
+def test_failing_chunk_retries_then_fails_keeping_rows(api: httpx.Client, settings: Settings, tmp_path: Path) -> None:
+    upload_dataset(api, "bad-in", iris_csv(tmp_path / "bad.csv", 45, bad_row=23))
+    body = predict_job("f", input_dataset="bad-in")
+    api.post("/api/v1/batch-jobs", json={**body, "retries": 2, "retry_delay_seconds": 0.01})
+    api.post("/api/v1/batch-jobs/f/runs")
+    work(settings)
+    failed = run(api, "f")
+    assert failed["status"] == "failed" and failed["rows_done"] == 20, failed
+    assert "chunk at row 20 failed after 3 tries" in failed["error"] and "row 23 X" in failed["error"]
+    assert sum("failed (try" in line for line in failed["log_tail"]) == 3
+    assert failed["result_dataset"] is None
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs, no report reaches the registry."""
+
+
+def test_killed_worker_resumes_from_checkpoint_each_row_once(
+    api: httpx.Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.post("/api/v1/batch-jobs", json=predict_job("k"))
+    api.post("/api/v1/batch-jobs/k/runs")
+    client = sync_redis(settings)
+    client.delete("rq:queue:" + BATCH_QUEUE)  # the queued RQ job is "taken" by the worker we kill below
+    original = batch_runs.RegistryClient.progress
+    seen: list[int] = []
+
+    def die_on_third_report(self: batch_runs.RegistryClient, run_id: int, body: dict[str, Any]) -> str:
+        seen.append(body["rows_done"])
+        if len(seen) == 3:  # part 3 is on disk, its checkpoint never reported
+            raise Killed
+        return original(self, run_id, body)
+
+    monkeypatch.setattr(batch_runs.RegistryClient, "progress", die_on_third_report)
+    with pytest.raises(Killed):
+        execute_run(1)
+    monkeypatch.setattr(batch_runs.RegistryClient, "progress", original)
+    crashed = run(api, "k")
+    assert crashed["status"] == "running" and crashed["rows_done"] == 20
+    assert client.zscore(RUN_LEASES, "1") is not None
+    assert recover_runs(client, settings) == 0  # the lease has not run out yet
+    client.zadd(RUN_LEASES, {"1": 0})
+    assert recover_runs(client, settings) == 1
+    assert recover_runs(client, settings) == 0  # queued again once, waiting for a worker
+    work(settings)
+    done = run(api, "k")
+    assert done["status"] == "succeeded" and done["attempt"] == 2 and done["rows_done"] == 45, done
+    assert any("resuming at row 20" in line for line in done["log_tail"])
+    ids = read_output(api.get("/api/v1/batch-jobs/k/runs/1/result").content)["id"]
+    assert sorted(ids) == list(range(45)), ids
+    assert client.zscore(RUN_LEASES, "1") is None
+
+
+# --- schedules ---------------------------------------------------------------------------------------------
+
+
+def test_next_fire_follows_the_time_zone_and_its_daylight_saving() -> None:
+    summer = next_fire("0 3 * * *", "Europe/Paris", datetime(2026, 7, 1, 0, 0, tzinfo=UTC))
+    winter = next_fire("0 3 * * *", "Europe/Paris", datetime(2026, 1, 15, 0, 0, tzinfo=UTC))
+    assert summer == datetime(2026, 7, 1, 1, 0, tzinfo=UTC) and winter == datetime(2026, 1, 15, 2, 0, tzinfo=UTC)
+    every = next_fire("* * * * *", "Europe/Paris", datetime(2026, 3, 29, 0, 59, 30, tzinfo=UTC))
+    assert every == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+
+
+def _scheduled(api: httpx.Client, cron: str = "0 3 * * *") -> dict[str, Any]:
+    body = {**predict_job("s"), "dispatch": "schedule", "schedule": {"cron": cron, "timezone": "Europe/Paris"}}
+    resp = api.post("/api/v1/batch-jobs", json=body)
+    assert resp.status_code == 201, resp.text
+    return dict(resp.json())
+
+
+def test_a_slot_fires_once_whoever_schedules_or_fires_it(api: httpx.Client, settings: Settings) -> None:
+    job = _scheduled(api)
+    slot = datetime.fromisoformat(job["next_run_at"])
+    engine = create_db_engine(settings.effective_database_url)
+    with Session(engine) as session:
+        row = session.get(BatchJob, 1)
+        assert row is not None
+        # A second registry process (or a restart) scheduling the same slot: the deterministic id makes it a no-op.
+        assert RunQueue(settings).schedule(row) == slot
+        assert RunQueue(settings).schedule(row) == slot
+    engine.dispose()
+    assert pending_fires(settings, 1) == [f"sched-1-{int(slot.timestamp())}"]
+    fires = [api.post("/internal/batch-jobs/1/fire", json={"fire_at": slot.timestamp()}).json() for _ in range(3)]
+    assert fires[0]["run_id"] == 1 and [f["run_id"] for f in fires[1:]] == [None, None]
+    runs = api.get("/api/v1/batch-jobs/s/runs").json()
+    assert runs["total"] == 1 and runs["items"][0]["trigger"] == "schedule"
+    after = datetime.fromisoformat(api.get("/api/v1/batch-jobs/s").json()["next_run_at"])
+    assert after > slot and pending_fires(settings, 1) == [f"sched-1-{int(after.timestamp())}"]
+
+
+def test_a_fire_missed_during_downtime_runs_once(api: httpx.Client, settings: Settings) -> None:
+    _scheduled(api, cron="* * * * *")
+    # The platform was down for ten minutes: the pending fire is for a slot long past.
+    missed = (datetime.now(UTC) - timedelta(minutes=10)).replace(second=0, microsecond=0)
+    engine = create_db_engine(settings.effective_database_url)
+    with Session(engine) as session:
+        row = session.get(BatchJob, 1)
+        assert row is not None
+        row.next_run_at = missed
+        row.next_run_at = RunQueue(settings).schedule(row)
+        session.add(row)
+        session.commit()
+    engine.dispose()
+    assert pending_fires(settings, 1) == [f"sched-1-{int(missed.timestamp())}"]
+    connection: redis.Redis = sync_redis(settings)
+    scheduler = RQScheduler([BATCH_QUEUE], connection=connection, serializer=JSONSerializer)
+    assert scheduler.acquire_locks()
+    scheduler.enqueue_scheduled_jobs()  # the scheduler is back: the overdue fire is moved to the queue, once
+    scheduler.enqueue_scheduled_jobs()
+    scheduler.release_locks()
+    work(settings)  # the fire makes one run, which the burst worker then scores
+    runs = api.get("/api/v1/batch-jobs/s/runs").json()
+    assert runs["total"] == 1 and runs["items"][0]["trigger"] == "schedule"
+    assert runs["items"][0]["status"] == "succeeded", runs["items"][0]
+    job = api.get("/api/v1/batch-jobs/s").json()
+    upcoming = datetime.fromisoformat(job["next_run_at"])
+    assert datetime.now(UTC) < upcoming <= datetime.now(UTC) + timedelta(minutes=1)
+    assert pending_fires(settings, 1) == [f"sched-1-{int(upcoming.timestamp())}"]
+
+
+def test_a_second_copy_of_a_running_run_leaves_it_alone(api: httpx.Client, settings: Settings) -> None:
+    api.post("/api/v1/batch-jobs", json=predict_job("d"))
+    api.post("/api/v1/batch-jobs/d/runs")
+    client = sync_redis(settings)
+    client.set("modelserve:batch:run-owner:1", "another-worker", ex=30)
+    assert execute_run(1) == {"run": 1, "status": "busy"}
+    assert run(api, "d")["status"] == "queued"
+    client.delete("modelserve:batch:run-owner:1")
+    work(settings)
+    assert run(api, "d")["status"] == "succeeded"
