@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from datetime import UTC
 
 import orjson
 import redis
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 LOCK = "modelserve:async:janitor-lock"
 UNBATCHED_GRACE_SECONDS = 5.0
 MAX_ATTEMPTS = 3
+LOOKAHEAD_SECONDS = 2.0
+"""Waiting batches whose lease ends within this time get a fresh one now (the janitor ticks every second)."""
 _WAITING = {"queued", "scheduled", "deferred", "created"}
 
 
@@ -77,8 +80,17 @@ def _batch_orphans(client: redis.Redis, settings: Settings) -> int:
 
 
 def _requeue_expired(client: redis.Redis, settings: Settings) -> int:
+    """Re-queue batches whose lease ran out; never one that is only waiting or just being picked up.
+
+    Waiting batches are looked at before their lease ends (so a worker picking one up never finds it expired),
+    and the two short hand-overs inside RQ get a full lease of grace: a job moved to a worker's intermediate
+    list but not yet marked started, and a job marked started whose `run_batch` has not renewed its lease yet.
+    """
     requeued = 0
-    for raw_id in client.zrangebyscore(BATCHES, 0, now(), start=0, num=1000):
+    lease = settings.job_lease_seconds
+    current = now()
+    for raw_id, score in client.zrangebyscore(BATCHES, 0, current + LOOKAHEAD_SECONDS, start=0, num=1000,
+                                              withscores=True):  # fmt: skip
         batch_id = _text(raw_id)
         info = decode(client.hgetall(batch_key(batch_id)))
         if not info:
@@ -90,13 +102,27 @@ def _requeue_expired(client: redis.Redis, settings: Settings) -> int:
             job = None
         status = str(job.get_status(refresh=False)) if job is not None else None
         status = status.rsplit(".", 1)[-1].lower() if status else None
-        if status in _WAITING and (status != "queued" or _in_queue(client, batch_id)):
-            client.zadd(BATCHES, {batch_id: now() + settings.job_lease_seconds})  # still waiting its turn
-            continue
         if status == "finished":
             client.zrem(BATCHES, batch_id)
             client.delete(batch_key(batch_id))
             continue
+        if status in _WAITING and (status != "queued" or _in_queue(client, batch_id)):
+            client.zadd(BATCHES, {batch_id: now() + lease})  # still waiting its turn
+            continue
+        if score > current:
+            continue  # taken by a worker whose lease is still good
+        if status == "queued":  # taken off the queue by a worker but not started: in RQ's hand-over, or lost
+            limbo_since = float(info.get("limbo_since") or 0)
+            if not limbo_since:
+                client.hset(batch_key(batch_id), "limbo_since", current)
+            if not limbo_since or current - limbo_since < lease:
+                client.zadd(BATCHES, {batch_id: current + lease})
+                continue
+        if status == "started" and job is not None and job.started_at is not None:
+            started = job.started_at.replace(tzinfo=UTC).timestamp()
+            if current - started < lease:  # run_batch has not taken over its lease yet
+                client.zadd(BATCHES, {batch_id: started + lease})
+                continue
         # Started with a lease nobody renews (the worker died), failed or gone: run it again elsewhere.
         ids: list[str] = orjson.loads(info["ids"])
         keys = [job_key(i) for i in ids]
@@ -109,9 +135,7 @@ def _requeue_expired(client: redis.Redis, settings: Settings) -> int:
         if attempts >= MAX_ATTEMPTS:
             _give_up(client, settings, ids, attempts)
             continue
-        new_id = enqueue_batch(
-            client, info["service"], info["model"], int(info["version"]), ids, settings.job_lease_seconds
-        )
+        new_id = enqueue_batch(client, info["service"], info["model"], int(info["version"]), ids, lease)
         client.hset(batch_key(new_id), "attempts", attempts)
         log.warning("re-queued async batch %s as %s (attempt %d, was %s)", batch_id, new_id, attempts + 1, status)
         requeued += 1

@@ -138,7 +138,19 @@ def test_worker_killed_while_holding_jobs_loses_none(tmp_path: Path, onnx_models
         worker.resume()
         time.sleep(0.05)
         os.kill(worker.pid, signal.SIGKILL)
-        wait_for(lambda: statuses(admin, ids).get("succeeded", 0) == len(ids), timeout=90, what="all jobs to end")
+        seen: dict[str, int] = {}
+
+        def all_succeeded() -> bool:
+            seen.clear()
+            seen.update(statuses(admin, ids))
+            return seen.get("succeeded", 0) == len(ids)
+
+        try:
+            wait_for(all_succeeded, timeout=90, what="all jobs to end")
+        except BaseException:
+            print("job statuses:", seen)
+            print(platform.log.read_text()[-6000:])
+            raise
         assert "restarted worker" in platform.log.read_text()
         admin.close()
     finally:
