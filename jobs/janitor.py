@@ -89,8 +89,10 @@ def _requeue_expired(client: redis.Redis, settings: Settings) -> int:
     requeued = 0
     lease = settings.job_lease_seconds
     current = now()
-    for raw_id, score in client.zrangebyscore(BATCHES, 0, current + LOOKAHEAD_SECONDS, start=0, num=1000,
-                                              withscores=True):  # fmt: skip
+    due: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
+        BATCHES, 0, current + LOOKAHEAD_SECONDS, start=0, num=1000, withscores=True
+    )
+    for raw_id, score in due:
         batch_id = _text(raw_id)
         info = decode(client.hgetall(batch_key(batch_id)))
         if not info:
