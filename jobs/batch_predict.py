@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -168,8 +169,9 @@ def prediction_columns(description: ModelDescription, predictions: list[dict[str
         out["label"] = [p.get("label") for p in predictions]
     if isinstance(first.get("probabilities"), dict):
         classes = description.class_labels or list(first["probabilities"])
-        for cls in classes:
-            out[f"probability_{cls}"] = [(p.get("probabilities") or {}).get(cls) for p in predictions]
+        for cls in classes:  # answers key their probabilities by the class as a string
+            key = str(cls)
+            out[f"probability_{cls}"] = [(p.get("probabilities") or {}).get(key) for p in predictions]
     for key in ("value", "cluster"):
         if key in first:
             out[key] = [p.get(key) for p in predictions]
@@ -181,11 +183,35 @@ def prediction_columns(description: ModelDescription, predictions: list[dict[str
     return out
 
 
-def score_chunk(runtime: Runtime, table: pa.Table, chosen: dict[str, Any]) -> pa.Table:
-    """The chunk's input columns plus its prediction columns, from one engine call."""
-    clean, _warnings = validate_records(runtime.description, _records(table, chosen))
-    predictions = runtime.predict(clean)
-    for name, column in prediction_columns(runtime.description, predictions).items():
+def _numeric_columns(table: pa.Table, chosen: dict[str, Any]) -> dict[str, list[np.ndarray]] | None:
+    """Each model input's source column(s) as numpy arrays, when all are numbers with no missing value."""
+    inputs: dict[str, list[np.ndarray]] = {}
+    for name, source in chosen.items():
+        arrays = []
+        for column_name in [source] if isinstance(source, str) else source:
+            column = table.column(column_name)
+            if column.null_count or not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+                return None
+            arrays.append(column.to_numpy())
+        inputs[name] = arrays
+    return inputs
+
+
+def score_chunk(runtime: Runtime, table: pa.Table, chosen: dict[str, Any], *, columnar: bool = True) -> pa.Table:
+    """The chunk's input columns plus its prediction columns, from one engine call.
+
+    Runtimes that can (ONNX with numeric tensor inputs) take the columns as arrays and answer in columns;
+    otherwise, or when a column holds something else than numbers, the chunk goes record by record through
+    validation (which names the offending row and field) and `predict`. Both give the same table.
+    """
+    columns: dict[str, Any] | None = None
+    predict_columns = getattr(runtime, "predict_columns", None)
+    if columnar and predict_columns is not None and (inputs := _numeric_columns(table, chosen)) is not None:
+        columns = predict_columns(inputs)
+    if columns is None:
+        clean, _warnings = validate_records(runtime.description, _records(table, chosen))
+        columns = prediction_columns(runtime.description, runtime.predict(clean))
+    for name, column in columns.items():
         target = name if name not in table.column_names else f"prediction_{name}"
         table = table.append_column(target, pa.array(column))
     return table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import setitem
@@ -279,6 +280,109 @@ class OnnxRuntime:
             return answers
         return [self._answer({name: _row(value, i, size) for name, value in results.items()}) for i in range(size)]
 
+    def predict_columns(self, inputs: Mapping[str, Sequence[np.ndarray]]) -> dict[str, np.ndarray] | None:
+        """Batch scoring without records: each input as its numeric column(s), the answers as flat columns.
+
+        `inputs` maps a model input to one 1-D array (a scalar input, or an `[N, 1]` one) or several (the
+        columns of an `[N, k]` tensor such as skl2onnx's `X`), all of one length and without missing values.
+        Returns the normalised answers as columns named as batch outputs are: `label` and
+        `probability_<class>`, `value`, `cluster`, or `component_<i>`, the same values `predict` gives.
+        None when this model or these inputs need the record path (non-numeric or integer-from-float inputs,
+        a batch-size-1 graph, outputs not one per row): that path validates and answers record by record.
+        """
+        if self._session is None:
+            raise ModelServeError("The model was unloaded")
+        if self._fixed_batch or set(inputs) != set(self._input_names):
+            return None
+        feeds: dict[str, np.ndarray] = {}
+        size: int | None = None
+        for spec, dtype, _width in self._input_plan:
+            if dtype is None or dtype.kind not in "fiu":
+                return None
+            tensor = _stack_columns(spec, list(inputs[spec.name]), dtype)
+            if tensor is None or (size is not None and tensor.shape[0] != size):
+                return None
+            size = tensor.shape[0]
+            feeds[spec.name] = tensor
+        if not size:
+            return None
+        with gc_paused_for(size):
+            outputs = self._session_run(self._fetch, feeds)
+        return self._flat_columns(dict(zip(self._output_names, outputs, strict=True)), size)
+
+    def _session_run(self, names: list[str], feeds: dict[str, Any]) -> list[Any]:
+        session = self._session
+        assert session is not None
+        try:
+            return list(session.run(names, feeds))
+        except (InvalidArgument, ValueError) as exc:
+            raise ValidationFailed(
+                f"onnxruntime refused the inputs: {exc}", errors=[field_error("inputs", str(exc))]
+            ) from None
+        except Exception as exc:
+            raise ModelServeError(f"onnxruntime failed: {exc}") from None
+
+    def _flat_columns(self, results: dict[str, Any], size: int) -> dict[str, np.ndarray] | None:
+        """The normalised answers as columns, from outputs fetched with `_fetch` (ZipMaps as their tensors)."""
+        roles, function_type = self._roles, self.description.function_type
+        out: dict[str, np.ndarray] = {}
+        if function_type in ("classification", "clustering"):
+            if roles.label is None or (labels := _per_row(results[roles.label], size)) is None:
+                return None
+            out["label" if function_type == "classification" else "cluster"] = labels
+            if function_type == "classification":
+                probabilities = self._probability_columns(results, size)
+                if probabilities is None:
+                    return None
+                out.update(probabilities)
+            return out
+        if function_type == "regression" and roles.value is not None:
+            value = results[roles.value]
+            if not (isinstance(value, np.ndarray) and value.ndim and value.shape[0] == size and value.size):
+                return None
+            if value.dtype.kind not in "biuf":
+                return None
+            out["value"] = value.reshape(size, -1)[:, 0].astype(np.float64)
+            return out
+        if function_type == "dimensionality_reduction" and roles.components is not None:
+            value = results[roles.components]
+            if not (isinstance(value, np.ndarray) and value.ndim and value.shape[0] == size):
+                return None
+            if value.dtype.kind not in "biuf":
+                return None
+            flat = value.reshape(size, -1)
+            for i in range(flat.shape[1]):
+                out[f"component_{i}"] = flat[:, i].astype(np.float64)
+            return out
+        return None
+
+    def _probability_columns(self, results: dict[str, Any], size: int) -> dict[str, np.ndarray] | None:
+        name = self._roles.probabilities
+        if name is None:
+            return None  # the record path decides what an answer without probabilities flattens to
+        value = results[name]
+        if not (isinstance(value, np.ndarray) and value.ndim == 2 and value.shape[0] == size):
+            return None
+        if value.dtype.kind != "f":
+            return None
+        source = self._zipmap_sources.get(name)
+        if source is not None:
+            if value.shape[1] != len(source.keys):
+                return None
+            index = dict(source.pairs)  # class key -> tensor column
+            keys = source.keys
+        else:
+            keys = self._class_keys or [str(i) for i in range(value.shape[1])]
+            index = {key: i for i, key in enumerate(keys[: value.shape[1]])}
+        classes = self.description.class_labels or keys
+        columns: dict[str, np.ndarray] = {}
+        for cls in classes:
+            j = index.get(str(cls))
+            if j is None:
+                return None
+            columns[f"probability_{cls}"] = value[:, j].astype(np.float64)
+        return columns
+
     def _answer_one(self, results: dict[str, Any], converted: frozenset[str]) -> dict[str, Any] | None:
         """One record's answer for the usual graphs (numeric tensors, ZipMap), with as few calls as possible.
 
@@ -509,6 +613,43 @@ def _zipmap_column(source: _ZipMapSource, tensor: Any, size: int) -> list[dict[s
     for key, j in source.pairs:
         _fill(maps, key, columns[j])
     return maps
+
+
+def _stack_columns(spec: FieldSpec, columns: list[np.ndarray], dtype: np.dtype[Any]) -> np.ndarray | None:
+    """The input tensor from its column(s), or None when they do not fit its declared shape and type."""
+    if not columns or any(c.ndim != 1 or c.dtype.kind not in "biuf" for c in columns):
+        return None
+    if dtype.kind in "iu" and any(c.dtype.kind == "f" for c in columns):
+        return None  # floats into an integer input: the record path says which values do not fit
+    size = columns[0].shape[0]
+    if any(c.shape[0] != size for c in columns):
+        return None
+    shape = spec.shape
+    rank = len(shape) if shape is not None else 2
+    if rank == 1 and len(columns) == 1:
+        return columns[0].astype(dtype, copy=False)
+    if rank != 2:
+        return None
+    width = shape[1] if shape is not None else None
+    if isinstance(width, int) and width > 0 and width != len(columns):
+        return None
+    tensor = np.empty((size, len(columns)), dtype=dtype)
+    for j, column in enumerate(columns):
+        tensor[:, j] = column
+    return tensor
+
+
+def _per_row(value: Any, size: int) -> np.ndarray | None:
+    """A label-like output as one value per row (`[N]` or `[N, 1]`), None for anything else."""
+    if not isinstance(value, np.ndarray) or value.ndim not in (1, 2) or value.shape[0] != size:
+        return None
+    if value.ndim == 2:
+        if value.shape[1] != 1:
+            return None
+        value = value[:, 0]
+    if value.dtype.kind not in "biuO":
+        return None
+    return value
 
 
 def _non_tensor(spec: FieldSpec) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -28,6 +29,7 @@ from registry.batch_schedules import RunQueue, next_fire, pending_fires
 from registry.batch_tables import BatchJob
 from shared.auth import INTERNAL_TOKEN_HEADER
 from shared.db import create_db_engine
+from shared.errors import ModelServeError
 from shared.redis import BATCH_QUEUE, sync_redis
 from shared.settings import Settings
 from tests.conftest import LiveServer
@@ -84,6 +86,43 @@ def test_output_is_input_plus_normalised_prediction_columns(
     assert scored.column_names[: features + 1] == ["id", *columns]
     assert expected <= set(scored.column_names[features + 1 :]), scored.column_names
     assert scored.num_rows == 3
+
+
+@pytest.mark.parametrize("model", ["random_forest", "logistic_regression", "decision_tree", "gradient_boosting",
+                                   "linear_regression", "random_forest_regressor", "kmeans", "pca"])  # fmt: skip
+def test_columnar_scoring_gives_the_record_path_table(
+    onnx_models: dict[str, Path], settings: Settings, model: str
+) -> None:
+    runtime = load_runtime(onnx_models[model], settings)
+    [spec] = runtime.description.inputs
+    width = int(spec.shape[1]) if spec.shape else 1
+    rng = np.random.default_rng(7)
+    columns = {f"f{i}": rng.uniform(0.1, 7.9, 500) for i in range(width)}
+    columns["f0"] = np.round(columns["f0"]).astype(np.int64)  # an integer column feeds a float input too
+    table = pa.table({"id": np.arange(500), **columns})
+    chosen = model_columns(runtime.description, table.column_names, {spec.name: list(columns)})
+    assert (
+        runtime.predict_columns(  # type: ignore[attr-defined]
+            {spec.name: [table.column(c).to_numpy() for c in columns]}
+        )
+        is not None
+    ), "the columnar path was not taken"
+    columnar = score_chunk(runtime, table, chosen)
+    records = score_chunk(runtime, table, chosen, columnar=False)
+    assert columnar.column_names == records.column_names
+    assert columnar.schema == records.schema
+    assert columnar.equals(records)
+    if runtime.description.function_type == "classification":
+        assert all(v is not None for v in columnar.column(columnar.column_names[-1]).to_pylist())
+
+
+def test_a_chunk_with_a_non_number_names_its_row(onnx_models: dict[str, Path], settings: Settings) -> None:
+    runtime = load_runtime(onnx_models["random_forest"], settings)
+    table = pa.table({"a": ["5.1", "n/a", "6.0"], "b": [3.5, 3.0, 2.9], "c": [1.4, 1.3, 4.5], "d": [0.2, 0.2, 1.5]})
+    chosen = model_columns(runtime.description, table.column_names, {"X": ["a", "b", "c", "d"]})
+    with pytest.raises(ModelServeError) as caught:
+        score_chunk(runtime, table, chosen)
+    assert "inputs[1]" in str(caught.value.errors)
 
 
 # --- through the registry and a burst worker --------------------------------------------------------------
