@@ -25,7 +25,7 @@ from rich.console import Console  # noqa: E402
 
 from bench.common import FULL, QUICK, Budget, ModelFiles, SectionResult, render, utc_now, write_results  # noqa: E402
 
-SECTIONS = ("runtime", "pmml", "endpoint", "services", "async")
+SECTIONS = ("runtime", "pmml", "endpoint", "services", "async", "batch")
 BUSY_PERCENT = 20.0
 """Warn when other processes use more than this share of the CPUs just before a section starts."""
 
@@ -50,6 +50,10 @@ def _runner(key: str) -> SectionRunner:
         from bench import async_path
 
         return async_path.run
+    if key == "batch":
+        from bench import batch
+
+        return batch.run
     from bench import endpoint
 
     return endpoint.run
@@ -83,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         action="append",
         choices=SECTIONS,
-        help="run only this section (repeatable; default: all, in the order runtime, pmml, endpoint, services, async)",
+        help=f"run only this section (repeatable; default: all, in the order {', '.join(SECTIONS)})",
     )
     parser.add_argument("--quick", action="store_true", help="fewer iterations and shorter load runs (smoke run)")
     return parser.parse_args(argv)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import setitem
@@ -176,6 +176,7 @@ class OnnxRuntime:
         self._key_maps: list[tuple[str, dict[Any, str] | None]] = [
             (name, {} if name in zipmap_outputs else None) for name in self._output_names
         ]
+        self._classify = self._classification_plan()
 
     def _tensor(
         self, spec: FieldSpec, values: list[Any], dtype: np.dtype[Any] | None = None, width: int | None = None
@@ -267,7 +268,66 @@ class OnnxRuntime:
         with gc_paused_for(len(records)):
             return self._predict(records)
 
+    def _classification_plan(self) -> tuple[list[int], Callable[..., list[dict[str, Any]]]] | None:
+        """For a classifier answering label + class probabilities (the usual skl2onnx graph), the tensor column
+        of each class key and a compiled builder making every answer in one pass; None for other graphs."""
+        roles = self._roles
+        if self.description.function_type != "classification" or roles.label is None or not roles.probabilities:
+            return None
+        if set(self._output_names) != {roles.label, roles.probabilities} or len(self._output_names) != 2:
+            return None
+        source = self._zipmap_sources.get(roles.probabilities)
+        if source is not None:
+            keys, columns = source.keys, source.columns
+        elif roles.probabilities not in self._zipmaps and self._class_keys:
+            keys, columns = self._class_keys, list(range(len(self._class_keys)))
+        else:
+            return None
+        if not keys or len(set(keys)) != len(keys) or len(keys) > 64:
+            return None
+        # A ZipMap's raw output is its dict (the same object as `probabilities`); a tensor's is its row.
+        return columns, _answer_builder(self._output_names, roles.label, keys, raw_row=source is None)
+
+    def _classify_batch(self, records: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """A classifier's batch answered straight from its label and probability tensors (same answers as
+        `_answers`, built in one pass without the intermediate ZipMap dicts); None when the outputs differ."""
+        assert self._classify is not None and self._roles.label is not None and self._roles.probabilities
+        columns, build = self._classify
+        feeds = self._feeds(records)
+        outputs = dict(zip(self._output_names, self._session_run(self._fetch, feeds), strict=True))
+        labels, scores = outputs[self._roles.label], outputs[self._roles.probabilities]
+        size = len(records)
+        if not (type(labels) is np.ndarray and labels.shape == (size,) and labels.dtype.kind in "biu"):
+            return None
+        if not (type(scores) is np.ndarray and scores.ndim == 2 and scores.shape[0] == size):
+            return None
+        if scores.dtype != np.float32 or scores.shape[1] <= max(columns):
+            return None
+        if self._roles.probabilities not in self._zipmap_sources and scores.shape[1] != len(columns):
+            return None  # the raw row would be more than the classes' columns
+        by_column = scores.T.tolist()
+        return build(labels.tolist(), *(by_column[j] for j in columns))
+
+    def _feeds(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            columns = [[r[name] for r in records] for name in self._input_names]
+        except KeyError:
+            missing = sorted({name for name in self._input_names for r in records if name not in r})
+            if not missing:
+                raise
+            errors = [field_error(f"inputs.{name}", "missing required input") for name in missing]
+            raise ValidationFailed(f"Missing input(s): {', '.join(missing)}", errors=errors) from None
+        feeds: dict[str, Any] = {}
+        for (spec, dtype, width), values in zip(self._input_plan, columns, strict=True):
+            # sequence/map inputs (e.g. DictVectorizer) go as they are
+            feeds[spec.name] = values if dtype is None else self._tensor(spec, values, dtype, width)
+        return feeds
+
     def _predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self._classify is not None and len(records) > 1:
+            answers = self._classify_batch(records)
+            if answers is not None:
+                return answers
         outputs, converted = self._run(records)
         results = dict(zip(self._output_names, outputs, strict=True))
         size = len(records)
@@ -650,6 +710,26 @@ def _per_row(value: Any, size: int) -> np.ndarray | None:
     if value.dtype.kind not in "biuO":
         return None
     return value
+
+
+def _answer_builder(
+    output_names: list[str], label: str, keys: list[str], *, raw_row: bool
+) -> Callable[..., list[dict[str, Any]]]:
+    """`build(labels, *probability_columns)` -> every answer `{label, probabilities, raw}` in one comprehension.
+
+    Compiled for the model's class keys (as dataclasses compiles its methods): the dict displays are built
+    by the interpreter directly, about twice as fast as filling dicts key by key. Keys and output names enter
+    the source only through `repr` of `str`, so they are literals whatever they contain.
+    """
+    names = [f"p{j}" for j in range(len(keys))]
+    probabilities = "{" + ", ".join(f"{key!r}: {name}" for key, name in zip(keys, names, strict=True)) + "}"
+    row = "[" + ", ".join(names) + "]" if raw_row else "p"
+    raw = "{" + ", ".join(f"{n!r}: {'l' if n == label else row}" for n in output_names) + "}"
+    source = (
+        f"lambda labels, {', '.join(names)}: [{{'label': l, 'probabilities': (p := {probabilities}), 'raw': {raw}}}"
+        f" for l, {', '.join(names)} in zip(labels, {', '.join(names)})]"
+    )
+    return eval(source, {"__builtins__": {"zip": zip}})  # type: ignore[no-any-return]  # noqa: S307
 
 
 def _non_tensor(spec: FieldSpec) -> bool:

@@ -342,3 +342,19 @@ def test_zipmap_rebuilt_from_its_tensor_as_onnxruntime_gives_it(
         assert list(answer["raw"]["probabilities"].items()) == list(wanted.items())
         assert answer["probabilities"] == wanted
     json.dumps(answers, allow_nan=False)
+
+
+@pytest.mark.parametrize("name", ["random_forest", "logistic_regression", "logistic_regression_tensor",
+                                  "gradient_boosting"])  # fmt: skip
+def test_compiled_classifier_answers_equal_the_general_path(
+    name: str, onnx_models: dict[str, Path], runtime_settings: Settings
+) -> None:
+    runtime: Any = load_runtime(onnx_models[name], runtime_settings)
+    assert runtime._classify is not None, "the compiled path is the one under test"
+    records = [{"X": row} for row in np.random.default_rng(3).uniform(0.1, 7.9, (300, 4)).tolist()]
+    compiled = runtime.predict(records)
+    runtime._classify = None
+    general = runtime.predict(records)
+    assert compiled == general
+    assert [list(a) for a in compiled[:1]] == [list(a) for a in general[:1]]  # same key order
+    assert [list(a["raw"]) for a in compiled[:1]] == [list(a["raw"]) for a in general[:1]]
