@@ -142,6 +142,8 @@ def modelserve_platform(data_dir: Path, log: Path, extra_env: dict[str, str] | N
     admin_key = "msk_bench_" + secrets.token_hex(24)
     argv = [sys.executable, "-m", "shared.cli", "up", "--port", str(port), "--data-dir", str(data_dir)]
     env = {**_clean_env(), "MODELSERVE_ADMIN_KEY": admin_key, "MODELSERVE_LOG_JSON": "true", **(extra_env or {})}
+    if os.environ.get("BENCH_GATEWAY_WORKERS"):  # `--gateway-workers N`: the platform's gateway processes
+        env["MODELSERVE_GATEWAY_WORKERS"] = os.environ["BENCH_GATEWAY_WORKERS"]
     with _process(argv, log, env) as process:
         deadline = time.monotonic() + 120
         while "modelserve is ready" not in _tail(log, 1_000_000):

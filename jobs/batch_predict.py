@@ -298,6 +298,7 @@ def run_batch_predict(spec: dict[str, Any], ctx: RunContext) -> Outcome:
         path = LocalArtifactStore(ctx.settings.datasets_dir).local_path(source["sha256"])
         chosen = model_columns(runtime.description, [c["name"] for c in source["columns"]],
                                params.get("input_mapping"))  # fmt: skip
+        next_report = 0.0  # the first chunk reports at once
         for table in iter_chunks(path, source["format"], source["columns"], chunk_size, skip=rows_done):
             try:
                 scored = _with_retries(runtime, table, chosen, job, rows_done, ctx)
@@ -306,13 +307,18 @@ def run_batch_predict(spec: dict[str, Any], ctx: RunContext) -> Outcome:
             write_part(scored, ctx.workdir, parts, fmt)
             rows_done, parts = rows_done + table.num_rows, parts + 1
             checkpoint.update(rows_done=rows_done, parts=parts)
+            # Each report is a registry write: one per interval, not per chunk. A resume starts from the last
+            # one reported (parts written after it are dropped), and pause/stop take effect at the next one.
+            if time.monotonic() > ctx.deadline:
+                error = f"timed out after {job['timeout_seconds']:g} s ({rows_done} rows done)"
+                return Outcome("failed", rows_done, checkpoint, error=error)
+            if time.monotonic() < next_report:
+                continue
+            next_report = time.monotonic() + ctx.settings.batch_progress_interval_seconds
             control = ctx.report(rows_done, checkpoint)
             if control in ("pause", "stop"):
                 ctx.log(f"{'paused' if control == 'pause' else 'stopped'} after row {rows_done}")
                 return Outcome("paused" if control == "pause" else "stopped", rows_done, checkpoint)
-            if time.monotonic() > ctx.deadline:
-                error = f"timed out after {job['timeout_seconds']:g} s ({rows_done} rows done)"
-                return Outcome("failed", rows_done, checkpoint, error=error)
         if parts == 0:
             return Outcome("failed", 0, checkpoint, error="the input dataset has no rows")
         checkpoint["phase"] = "registering"

@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     batch_run_max_recoveries: int = 5
     """Times a batch run is resumed after its worker died before it is failed."""
 
+    batch_progress_interval_seconds: float = Field(default=0.5, ge=0)
+    """A `batch_predict` run reports progress (and its checkpoint, and learns of pause/stop) after the first
+    chunk, then after the first chunk that ends this long after the last report; 0 reports every chunk."""
+
     log_level: str = "INFO"
     """Root log level."""
 

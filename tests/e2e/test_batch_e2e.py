@@ -17,12 +17,14 @@ from tests.e2e.test_services_e2e import upload, wait_for
 from tests.fixtures.batch import MAPPING, iris_csv, read_output
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-ROWS = 20_000
+ROWS = 50_000
 
 
 @pytest.fixture
 def fast_lease_platform(tmp_path: Path) -> Iterator[Platform]:
-    running = start_platform(tmp_path / "data", tmp_path / "up.log", env={"MODELSERVE_BATCH_RUN_LEASE_SECONDS": "3"})
+    # Every 100-row chunk reports (a registry write each): the run lasts long enough to be killed mid-way.
+    env = {"MODELSERVE_BATCH_RUN_LEASE_SECONDS": "3", "MODELSERVE_BATCH_PROGRESS_INTERVAL_SECONDS": "0"}
+    running = start_platform(tmp_path / "data", tmp_path / "up.log", env=env)
     yield running
     if running.process.poll() is None:
         running.stop()

@@ -181,6 +181,27 @@ def test_pause_holds_the_checkpoint_and_continue_resumes_it(
     assert sorted(ids) == list(range(45)) and len(ids) == 45
 
 
+def test_progress_is_reported_once_per_interval_not_per_chunk(
+    api: httpx.Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELSERVE_BATCH_PROGRESS_INTERVAL_SECONDS", "3600")
+    api.post("/api/v1/batch-jobs", json=predict_job("quiet"))
+    api.post("/api/v1/batch-jobs/quiet/runs")
+    original = batch_runs.RegistryClient.progress
+    calls: list[tuple[int, str | None]] = []
+
+    def record(self: batch_runs.RegistryClient, run_id: int, body: dict[str, Any]) -> str:
+        calls.append((body["rows_done"], body["checkpoint"].get("phase")))
+        return original(self, run_id, body)
+
+    monkeypatch.setattr(batch_runs.RegistryClient, "progress", record)
+    work(settings)
+    assert calls == [(10, None), (45, "registering")]  # the first chunk, then the end: not 5 chunk reports
+    done = run(api, "quiet")
+    assert done["status"] == "succeeded" and done["rows_done"] == 45
+    assert sorted(read_output(api.get("/api/v1/batch-jobs/quiet/runs/1/result").content)["id"]) == list(range(45))
+
+
 def test_failing_chunk_retries_then_fails_keeping_rows(api: httpx.Client, settings: Settings, tmp_path: Path) -> None:
     upload_dataset(api, "bad-in", iris_csv(tmp_path / "bad.csv", 45, bad_row=23))
     body = predict_job("f", input_dataset="bad-in")
