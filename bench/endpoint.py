@@ -181,7 +181,18 @@ def _upload_and_check(platform: Platform, model: Path) -> dict[str, Any]:
 def run_load(
     url: str, body: dict[str, Any], headers: dict[str, str], concurrency: int, budget: Budget
 ) -> dict[str, Any]:
-    """One closed-loop load run from a separate process (`python -m bench.loadgen`); its JSON result."""
+    """One closed-loop load run from a separate process: `wrk` when installed (see `bench.wrk`), else
+    `python -m bench.loadgen`; its JSON result."""
+    from bench import wrk
+
+    if wrk.available():
+        try:
+            result = wrk.run_wrk(url, body, headers, concurrency, budget.load_duration_s, budget.load_warmup_s)
+        except (RuntimeError, subprocess.TimeoutExpired, httpx.HTTPError) as exc:
+            raise EndpointError(f"wrk failed at concurrency {concurrency}: {exc}") from exc
+        if not result["requests"]:
+            raise EndpointError(f"no successful request at concurrency {concurrency}: {result.get('first_error')}")
+        return result
     argv = [sys.executable, "-m", "bench.loadgen", "--url", url, "--body", json.dumps(body)]
     argv += ["--concurrency", str(concurrency), "--duration", str(budget.load_duration_s)]
     argv += ["--warmup", str(budget.load_warmup_s)]

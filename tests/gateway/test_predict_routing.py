@@ -148,3 +148,21 @@ async def test_concurrent_predicts_are_coalesced_each_with_its_own_answer(
         "/api/v1/services/s/predict", content=b"{nope", headers={"content-type": "application/json"}
     )
     assert broken.status_code == 422 and broken.json()["errors"][0]["field"] == "body"
+
+
+async def test_fast_lane_is_counted_traced_and_checked_like_any_request(
+    gateway: httpx.AsyncClient, servers: tuple[str, str, str], routes: dict[str, Any], calls: list[str]
+) -> None:
+    routes["s"] = _route([servers[0]])
+    ok = await gateway.post("/api/v1/services/s/predict", json={"inputs": {"x": 1}}, headers={"X-Request-ID": "r-1"})
+    assert ok.status_code == 200 and ok.headers["x-request-id"] == "r-1"
+    bad = await gateway.post(
+        "/api/v1/services/s/predict", content=b"{nope", headers={"Content-Type": "application/json"}
+    )
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+    assert bad.json()["errors"][0]["field"] == "body"
+    anonymous = await gateway.post("/api/v1/services/s/predict", json={}, headers={"Authorization": ""})
+    assert anonymous.status_code == 401
+    metrics = (await gateway.get("/metrics")).text
+    assert 'route="/api/v1/services/{name}/predict"' in metrics and 'status="422"' in metrics
+    assert 'modelserve_service_requests_total{service="s",status="200"}' in metrics
