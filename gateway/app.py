@@ -16,6 +16,7 @@ from prometheus_client.core import Metric
 
 from gateway import async_jobs, services, v2
 from gateway.auth import AuthMiddleware, KeyCache
+from gateway.fastlane import FastLane
 from gateway.openapi import OpenApiMerger
 from gateway.routing import RoutingTable
 from gateway.upstream import Upstreams
@@ -94,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     checks = {"registry": registry_ready, "inference": inference_ready, "redis": redis_ready}
     checks |= {role: heartbeat_ready(role) for role in HEARTBEAT_ROLES}
     # Added first so it runs inside the request-id and metrics middleware: rejections are logged and counted.
-    app.add_middleware(services.PredictFastLane)  # innermost: after auth, logging and metrics
+    app.add_middleware(FastLane)  # innermost: after auth, logging and metrics
     app.add_middleware(AuthMiddleware, keys=lambda: app.state.keys)
     instrument_app(app, "gateway", checks)
     # The app-level /metrics from instrument_app is replaced by one that adds queue depths.

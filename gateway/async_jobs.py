@@ -173,10 +173,17 @@ def _check_predict_body(body: Any) -> None:
     description="Same bodies as predict, plus optional `callback_url` and `ttl_seconds`. Poll the returned url.",
 )
 async def submit(name: str, request: Request, response: Response) -> JobAccepted:
+    accepted = await submit_job(request, name, await request.body())
+    response.headers["Location"] = accepted["url"]
+    return JobAccepted(**accepted)
+
+
+async def submit_job(request: Request, name: str, raw: bytes) -> dict[str, str]:
+    """Store one submission and hand it to the coalescer; the 202 body. Shared with the gateway's fast lane."""
     settings: Settings = request.app.state.settings
     route = await route_for(request.app.state.routing, name)
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ValidationFailed("Invalid JSON", errors=[field_error("body", f"not valid JSON: {exc}")]) from exc
     _check_predict_body(body)
@@ -208,9 +215,7 @@ async def submit(name: str, request: Request, response: Response) -> JobAccepted
     await pipe.execute()
     request.app.state.coalescer.add(name, route.model, route.version or 0, job_id)
     SUBMITTED.labels(name).inc()
-    url = f"/api/v1/jobs/{job_id}"
-    response.headers["Location"] = url
-    return JobAccepted(id=job_id, status="queued", url=url)
+    return {"id": job_id, "status": "queued", "url": f"/api/v1/jobs/{job_id}"}
 
 
 async def _readable(request: Request, job_id: str) -> dict[str, str]:
@@ -229,6 +234,11 @@ async def get_job(
     request: Request,
     wait: Annotated[float, Query(ge=0, description="Seconds to wait for the job to end (≤ 60)")] = 0,
 ) -> dict[str, Any]:
+    return await read_job(request, job_id, wait)
+
+
+async def read_job(request: Request, job_id: str, wait: float) -> dict[str, Any]:
+    """A job as the caller may see it, after waiting up to `wait` s for it to end. Shared with the fast lane."""
     settings: Settings = request.app.state.settings
     if wait > settings.job_wait_max_seconds:
         raise ValidationFailed(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -15,7 +13,6 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import Counter, Gauge, Histogram
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.routing import Route, RoutingTable
 from shared.errors import (
@@ -25,7 +22,6 @@ from shared.errors import (
     UpstreamError,
     ValidationFailed,
     field_error,
-    problem_response,
 )
 from shared.metrics import LATENCY_BUCKETS
 
@@ -179,7 +175,7 @@ async def predict(name: str, request: Request) -> Response:
 async def predict_json(request: Request, name: str, body: bytes) -> Response:
     """A JSON predict: checked to be JSON, then coalesced with its neighbours into one upstream call.
 
-    Called by the route above and by `PredictFastLane`, which skips FastAPI's routing for this hot path.
+    Called by the route above and by `gateway.fastlane.FastLane`, which skips FastAPI's routing for this hot path.
     """
     start = time.perf_counter()
     status = 500
@@ -218,40 +214,3 @@ async def predict_file(request: Request, name: str, content_type: str) -> Respon
         SERVICE_IN_FLIGHT.labels(name).dec()
         SERVICE_REQUESTS.labels(name, str(status)).inc()
         SERVICE_LATENCY.labels(name).observe(time.perf_counter() - start)
-
-
-class PredictFastLane:
-    """ASGI middleware answering JSON `POST /api/v1/services/{name}/predict` without FastAPI's routing.
-
-    The gateway's busiest request spends more CPU in the framework (routing over every route, endpoint
-    signature handling, exception and exit-stack layers) than in its own work; this lane runs inside the
-    request-id, metrics and auth middleware, so it is logged, counted under the route's template and
-    authorised like any request, and calls the same `predict_json` as the route. Anything else passes on.
-    """
-
-    PATH = re.compile(r"^/api/v1/services/(?P<name>[^/]+)/predict$")
-
-    ROUTE = SimpleNamespace(path="/api/v1/services/{name}/predict")
-    """What the metrics middleware reads from `scope["route"]`: the route's template."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not (match := self.PATH.match(scope["path"])):
-            await self.app(scope, receive, send)
-            return
-        content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"application/json")
-        if content_type.split(b";")[0].strip() != b"application/json":
-            await self.app(scope, receive, send)
-            return
-        scope["route"] = self.ROUTE
-        request = Request(scope, receive)
-        try:
-            response = await predict_json(request, match["name"], await request.body())
-        except ModelServeError as err:
-            response = problem_response(err, scope["path"])
-        except Exception:
-            log.exception("predict failed")
-            response = problem_response(ModelServeError("Internal error"), scope["path"])
-        await response(scope, receive, send)
