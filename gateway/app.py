@@ -22,7 +22,7 @@ from gateway.routing import RoutingTable
 from gateway.upstream import Upstreams
 from shared.app import instrument_app
 from shared.auth import Principal
-from shared.jobstore import DONE_CHANNEL
+from shared.jobstore import DONE_CHANNEL, SUBMIT_LUA
 from shared.logging import configure_logging
 from shared.metrics import gauge_family, mark_process_up, render_metrics
 from shared.redis import EVENTS_CHANNEL, QUEUES, async_redis, sync_redis
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.upstreams = upstreams
         app.state.keys = KeyCache(lambda key: _verify_key(upstreams, key))
         app.state.redis = async_redis(settings)
+        app.state.submit_script = app.state.redis.register_script(SUBMIT_LUA)
         app.state.routing = RoutingTable(upstreams, settings.registry_url)
         app.state.routing.start()
         app.state.predict_coalescers = {}

@@ -206,13 +206,10 @@ async def submit_job(request: Request, name: str, raw: bytes) -> dict[str, str]:
         "request_id": request_id_var.get() or "",
         "attempts": 0,
     }
-    pipe = request.app.state.redis.pipeline()
-    pipe.hset(job_key(job_id), mapping=record)
-    pipe.expire(job_key(job_id), ttl + 3600)  # the finish shortens it to the result's TTL
-    pipe.zadd(service_jobs_key(name), {job_id: created})
-    pipe.zremrangebyrank(service_jobs_key(name), 0, -LIST_LIMIT - 1)
-    pipe.zadd(UNBATCHED, {job_id: created})
-    await pipe.execute()
+    fields = [item for pair in record.items() for item in pair]
+    # Expires an hour after its TTL unless the finish shortens it to the result's TTL.
+    keys = [job_key(job_id), service_jobs_key(name), UNBATCHED]
+    await request.app.state.submit_script(keys=keys, args=[ttl + 3600, created, job_id, LIST_LIMIT, *fields])
     request.app.state.coalescer.add(name, route.model, route.version or 0, job_id)
     SUBMITTED.labels(name).inc()
     return {"id": job_id, "status": "queued", "url": f"/api/v1/jobs/{job_id}"}

@@ -104,6 +104,16 @@ if status == 'queued' then
 end
 return status or ''
 """
+SUBMIT_LUA = """
+-- KEYS: job hash, the service's listing, unbatched. ARGV: expire seconds, created, job id, listing limit,
+-- then the record's field/value pairs. One command instead of a five-command transaction.
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[4]) - 1)
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+return 1
+"""
 REQUEUE_LUA = """
 local n = 0
 for _, key in ipairs(KEYS) do

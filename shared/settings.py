@@ -95,8 +95,10 @@ class Settings(BaseSettings):
     gateway_workers: int = 1
     """Gateway processes (uvicorn workers); more use more cores for auth, routing and coalescing."""
 
-    async_coalesce_ms: float = 2.0
-    """How long the gateway gathers async submissions for one service into one queued batch."""
+    async_coalesce_ms: float = 10.0
+    """How long the gateway gathers async submissions for one service into one queued batch. Each batch costs
+    an RQ enqueue (~14 Redis round trips) in the gateway and a dequeue in a worker: 10 ms gave the most completed
+    jobs/s here (2 ms: 662/s, 10: 800/s, 25: 714/s, 50: 562/s over 8,000 jobs from 64 clients)."""
 
     async_max_batch: int = 512
     """Most submissions one queued batch carries."""
