@@ -137,11 +137,12 @@ def enqueue_batch(redis: Any, service: str, model: str, version: int, ids: list[
 
     batch_id = uuid.uuid4().hex
     pipe = redis.pipeline()
+    pipe.multi()  # RQ expects a pipeline in transaction mode when it is handed one
     pipe.hset(batch_key(batch_id), mapping={"service": service, "model": model, "version": version,
                                             "ids": orjson.dumps(ids), "attempts": 0})  # fmt: skip
     # The lease starts at enqueue: a batch waiting in the queue has its lease extended by the janitor.
     pipe.zadd(BATCHES, {batch_id: now() + lease_seconds})
-    pipe.execute()
+    # RQ's enqueue goes in the same pipeline: one round trip per batch instead of a dozen.
     Queue(PREDICT_QUEUE, connection=redis, serializer=JSONSerializer).enqueue_call(
         BATCH_RUN_TASK,
         args=(batch_id, service, model, version, ids),
@@ -149,5 +150,7 @@ def enqueue_batch(redis: Any, service: str, model: str, version: int, ids: list[
         result_ttl=60,
         failure_ttl=3600,
         timeout=600,
+        pipeline=pipe,
     )
+    pipe.execute()
     return batch_id
