@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,6 @@ from shared.errors import (
 from shared.metrics import LATENCY_BUCKETS
 
 router = APIRouter(tags=["services"])
-log = logging.getLogger(__name__)
 
 SERVICE_REQUESTS = Counter(
     "modelserve_service_requests_total", "Predict requests per service, by HTTP status.", ["service", "status"]
@@ -177,40 +177,43 @@ async def predict_json(request: Request, name: str, body: bytes) -> Response:
 
     Called by the route above and by `gateway.fastlane.FastLane`, which skips FastAPI's routing for this hot path.
     """
-    start = time.perf_counter()
-    status = 500
-    SERVICE_IN_FLIGHT.labels(name).inc()
-    try:
+    async with _service_metrics(name) as outcome:
         route = await route_for(request.app.state.routing, name)
         try:
             orjson.loads(body)  # one malformed body must not spoil the batch it would join
         except orjson.JSONDecodeError as exc:
             raise ValidationFailed("Invalid JSON", errors=[field_error("body", f"not valid JSON: {exc}")]) from exc
         status, content = await _coalescer(request, name).submit(request, route, body)
+        outcome.status = status
         media = "application/json" if status < 400 else "application/problem+json"
         return Response(content, status_code=status, media_type=media)
-    except Exception as exc:
-        status = getattr(exc, "status", 500)
-        raise
-    finally:
-        SERVICE_IN_FLIGHT.labels(name).dec()
-        SERVICE_REQUESTS.labels(name, str(status)).inc()
-        SERVICE_LATENCY.labels(name).observe(time.perf_counter() - start)
 
 
 async def predict_file(request: Request, name: str, content_type: str) -> Response:
-    start = time.perf_counter()
-    status = 500
-    SERVICE_IN_FLIGHT.labels(name).inc()
-    try:
+    async with _service_metrics(name) as outcome:
         route = await route_for(request.app.state.routing, name)
         response = await send_to_replicas(request, route, "/predict", await request.body(), content_type)
-        status = response.status_code
+        outcome.status = response.status_code
         return response
+
+
+@dataclass
+class _Outcome:
+    status: int = 500
+
+
+@contextlib.asynccontextmanager
+async def _service_metrics(name: str) -> AsyncIterator[_Outcome]:
+    """In-flight, requests by status and latency of one predict on a service (an error's own status if raised)."""
+    start = time.perf_counter()
+    outcome = _Outcome()
+    SERVICE_IN_FLIGHT.labels(name).inc()
+    try:
+        yield outcome
     except Exception as exc:
-        status = getattr(exc, "status", 500)
+        outcome.status = getattr(exc, "status", 500)
         raise
     finally:
         SERVICE_IN_FLIGHT.labels(name).dec()
-        SERVICE_REQUESTS.labels(name, str(status)).inc()
+        SERVICE_REQUESTS.labels(name, str(outcome.status)).inc()
         SERVICE_LATENCY.labels(name).observe(time.perf_counter() - start)

@@ -220,22 +220,7 @@ class OnnxRuntime:
         """The session's outputs in `_output_names` order, and which of them are ZipMaps already converted."""
         session = self._session
         assert session is not None
-        try:
-            if len(self._input_names) == 1:
-                name = self._input_names[0]
-                columns = [[r[name] for r in records]]
-            else:
-                columns = [[r[name] for r in records] for name in self._input_names]
-        except KeyError:
-            missing = sorted({name for name in self._input_names for r in records if name not in r})
-            if not missing:
-                raise
-            errors = [field_error(f"inputs.{name}", "missing required input") for name in missing]
-            raise ValidationFailed(f"Missing input(s): {', '.join(missing)}", errors=errors) from None
-        feeds: dict[str, Any] = {}
-        for (spec, dtype, width), values in zip(self._input_plan, columns, strict=True):
-            # sequence/map inputs (e.g. DictVectorizer) go as they are
-            feeds[spec.name] = values if dtype is None else self._tensor(spec, values, dtype, width)
+        feeds = self._feeds(records)
         try:
             if not self._zipmap_sources:
                 return list(session.run(self._output_names, feeds)), frozenset()
@@ -309,8 +294,13 @@ class OnnxRuntime:
         return build(labels.tolist(), *(by_column[j] for j in columns))
 
     def _feeds(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """One tensor per input from the records (sequence/map inputs such as DictVectorizer's go as they are)."""
         try:
-            columns = [[r[name] for r in records] for name in self._input_names]
+            if len(self._input_names) == 1:
+                name = self._input_names[0]
+                columns = [[r[name] for r in records]]
+            else:
+                columns = [[r[name] for r in records] for name in self._input_names]
         except KeyError:
             missing = sorted({name for name in self._input_names for r in records if name not in r})
             if not missing:
@@ -319,7 +309,6 @@ class OnnxRuntime:
             raise ValidationFailed(f"Missing input(s): {', '.join(missing)}", errors=errors) from None
         feeds: dict[str, Any] = {}
         for (spec, dtype, width), values in zip(self._input_plan, columns, strict=True):
-            # sequence/map inputs (e.g. DictVectorizer) go as they are
             feeds[spec.name] = values if dtype is None else self._tensor(spec, values, dtype, width)
         return feeds
 
