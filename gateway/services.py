@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,43 +175,70 @@ async def predict_json(request: Request, name: str, body: bytes) -> Response:
 
     Called by the route above and by `gateway.fastlane.FastLane`, which skips FastAPI's routing for this hot path.
     """
-    async with _service_metrics(name) as outcome:
+    metrics = _service_metrics(name)
+    start = time.perf_counter()
+    metrics.in_flight.inc()
+    status = 500
+    try:
         route = await route_for(request.app.state.routing, name)
         try:
             orjson.loads(body)  # one malformed body must not spoil the batch it would join
         except orjson.JSONDecodeError as exc:
             raise ValidationFailed("Invalid JSON", errors=[field_error("body", f"not valid JSON: {exc}")]) from exc
         status, content = await _coalescer(request, name).submit(request, route, body)
-        outcome.status = status
         media = "application/json" if status < 400 else "application/problem+json"
         return Response(content, status_code=status, media_type=media)
+    except Exception as exc:
+        status = getattr(exc, "status", 500)
+        raise
+    finally:
+        metrics.done(status, start)
 
 
 async def predict_file(request: Request, name: str, content_type: str) -> Response:
-    async with _service_metrics(name) as outcome:
+    metrics = _service_metrics(name)
+    start = time.perf_counter()
+    metrics.in_flight.inc()
+    status = 500
+    try:
         route = await route_for(request.app.state.routing, name)
         response = await send_to_replicas(request, route, "/predict", await request.body(), content_type)
-        outcome.status = response.status_code
+        status = response.status_code
         return response
-
-
-@dataclass
-class _Outcome:
-    status: int = 500
-
-
-@contextlib.asynccontextmanager
-async def _service_metrics(name: str) -> AsyncIterator[_Outcome]:
-    """In-flight, requests by status and latency of one predict on a service (an error's own status if raised)."""
-    start = time.perf_counter()
-    outcome = _Outcome()
-    SERVICE_IN_FLIGHT.labels(name).inc()
-    try:
-        yield outcome
     except Exception as exc:
-        outcome.status = getattr(exc, "status", 500)
+        status = getattr(exc, "status", 500)
         raise
     finally:
-        SERVICE_IN_FLIGHT.labels(name).dec()
-        SERVICE_REQUESTS.labels(name, str(outcome.status)).inc()
-        SERVICE_LATENCY.labels(name).observe(time.perf_counter() - start)
+        metrics.done(status, start)
+
+
+class _ServiceMetrics:
+    """One service's labelled metric children, looked up once: `labels()` costs more than the samples."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.in_flight = SERVICE_IN_FLIGHT.labels(name)
+        self.latency = SERVICE_LATENCY.labels(name)
+        self._requests: dict[int, Counter] = {}
+
+    def done(self, status: int, start: float) -> None:
+        """One predict ended with `status` (an error's own status when it raised)."""
+        self.in_flight.dec()
+        counter = self._requests.get(status)
+        if counter is None:
+            counter = self._requests[status] = SERVICE_REQUESTS.labels(self.name, str(status))
+        counter.inc()
+        self.latency.observe(time.perf_counter() - start)
+
+
+_SERVICE_METRICS: dict[str, _ServiceMetrics] = {}
+_MAX_SERVICE_METRICS = 10_000
+
+
+def _service_metrics(name: str) -> _ServiceMetrics:
+    found = _SERVICE_METRICS.get(name)
+    if found is None:
+        if len(_SERVICE_METRICS) >= _MAX_SERVICE_METRICS:  # names come from URLs: keep the cache bounded
+            _SERVICE_METRICS.clear()
+        found = _SERVICE_METRICS[name] = _ServiceMetrics(name)
+    return found

@@ -111,6 +111,8 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, process: str) -> None:
         self.app = app
         self.process = process
+        # (route, method, status) -> the labelled children: `labels()` costs more than the samples themselves.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -131,8 +133,15 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "GET")
-            HTTP_REQUESTS.labels(self.process, template, method, str(status)).inc()
-            HTTP_DURATION.labels(self.process, template, method).observe(time.perf_counter() - start)
+            key = (template, method, status)
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (
+                    HTTP_REQUESTS.labels(self.process, template, method, str(status)),
+                    HTTP_DURATION.labels(self.process, template, method),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)
 
 
 async def metrics_endpoint(_: Request) -> Response:
