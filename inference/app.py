@@ -180,24 +180,33 @@ def _add_pinned_routes(app: FastAPI, pinned: Pinned) -> None:
         state.requests += len(bodies)
         ref = state.ref
 
-        async def one(body: Any) -> dict[str, Any]:
+        if not isinstance(bodies, list):
+            raise BadRequest("Expected {'requests': [...]}")
+        parsed: list[list[dict[str, Any]] | Exception] = []
+        for body in bodies:
             try:
-                result = await app.state.predictor.predict(ref, records_from_body(body))
+                parsed.append(records_from_body(body))
             except ModelServeError as err:
-                return {"status": err.status, "body": err.to_problem("/predict")}
-            return {
-                "status": 200,
-                "body": {
-                    "service": pinned.service,
-                    "model": ref.model,
-                    "version": ref.version,
-                    "predictions": result.predictions,
-                    "warnings": result.warnings,
-                },
+                parsed.append(err)
+        results = await app.state.predictor.predict_many(ref, parsed)
+        responses = []
+        for result in results:
+            if isinstance(result, Exception):
+                failure = (
+                    result if isinstance(result, ModelServeError) else ModelServeError(f"Prediction failed: {result}")
+                )
+                responses.append({"status": failure.status, "body": failure.to_problem("/predict")})
+                continue
+            body = {
+                "service": pinned.service,
+                "model": ref.model,
+                "version": ref.version,
+                "predictions": result.predictions,
+                "warnings": result.warnings,
             }
-
+            responses.append({"status": 200, "body": body})
         # orjson directly: FastAPI's encoder walks every prediction in Python first (the replica's hot path).
-        return _json({"responses": await asyncio.gather(*(one(b) for b in bodies))})
+        return _json({"responses": responses})
 
     @app.post("/predict", include_in_schema=False)
     async def predict(request: Request) -> Response:

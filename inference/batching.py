@@ -112,6 +112,31 @@ class MicroBatcher:
         # A cancelled caller cancels its future; the worker then skips (or ignores the answer to) it.
         return await future
 
+    def submit_many(self, batches: list[Records]) -> list[asyncio.Future[Records]]:
+        """`submit` for several callers at once (the gateway's coalesced requests): one future per entry.
+
+        Queued together in order and woken once, without a task per caller; each future gets that caller's
+        answers or its own exception, exactly as `submit` would.
+        """
+        if self._closed:
+            raise ServiceUnavailable(f"Model {self.name or '(unnamed)'} is shutting down")
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Records]] = []
+        queued = False
+        for records in batches:
+            if len(records) > self.max_batch_size or not records:
+                futures.append(asyncio.ensure_future(self.submit(records)))
+                continue
+            future: asyncio.Future[Records] = loop.create_future()
+            self._queue.append(_Request(records, future))
+            self._queued_records += len(records)
+            futures.append(future)
+            queued = True
+        if queued:
+            self._ensure_worker()
+            self._wake()
+        return futures
+
     async def close(self) -> None:
         """Refuse new requests, answer those already queued, then stop the background task."""
         self._closed = True

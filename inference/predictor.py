@@ -98,6 +98,55 @@ class Predictor:
         }
         return Prediction(predictions, warnings, timing)
 
+    async def predict_many(
+        self, ref: VersionRef, requests: list[list[dict[str, Any]] | Exception]
+    ) -> list[Prediction | Exception]:
+        """`predict` for several callers' records at once (one entry each, in order): each validated on its own,
+        all queued on the micro-batcher together. An entry that is already an exception (its body did not
+        parse), fails validation or fails in the engine gets its exception back; the others their predictions.
+        """
+        start = time.perf_counter()
+        results: list[Prediction | Exception] = []
+        pending: list[tuple[int, list[dict[str, Any]]]] = []
+        for i, records in enumerate(requests):
+            if isinstance(records, Exception):
+                results.append(records)
+                continue
+            try:
+                if len(records) > _VALIDATE_IN_THREAD:
+                    clean, warnings = await asyncio.to_thread(validate_records, ref.description, records)
+                else:
+                    clean, warnings = validate_records(ref.description, records)
+            except Exception as exc:
+                results.append(exc)
+                continue
+            results.append(Prediction([], warnings))
+            pending.append((i, clean))
+        if not pending:
+            return results
+        validated = time.perf_counter()
+        runtime = await self.runtime(ref)
+        loaded = time.perf_counter()
+        futures = self._batcher(ref, runtime).submit_many([clean for _, clean in pending])
+        answers = await asyncio.gather(*futures, return_exceptions=True)
+        done = time.perf_counter()
+        timing = {
+            "validate_ms": round((validated - start) * 1000, 3),
+            "load_ms": round((loaded - validated) * 1000, 3),
+            "predict_ms": round((done - loaded) * 1000, 3),
+            "total_ms": round((done - start) * 1000, 3),
+        }
+        for (i, _), answer in zip(pending, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, Exception):
+                    raise answer  # cancelled: not one caller's failure
+                results[i] = answer
+            else:
+                prediction = results[i]
+                assert isinstance(prediction, Prediction)
+                prediction.predictions, prediction.timing = answer, timing
+        return results
+
     async def close(self) -> None:
         for _, batcher in self._batchers.values():
             await batcher.close()

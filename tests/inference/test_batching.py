@@ -229,3 +229,33 @@ async def test_rejects_nonsense_settings(model: FakeModel) -> None:
         MicroBatcher(model.predict, max_batch_size=0, max_batch_delay_ms=1)
     with pytest.raises(ValueError):
         MicroBatcher(model.predict, max_batch_size=1, max_batch_delay_ms=-1)
+
+
+async def test_submit_many_queues_callers_together_and_isolates_failures(model: FakeModel) -> None:
+    batcher = MicroBatcher(model.predict, max_batch_size=8, max_batch_delay_ms=5, name="t-many")
+    inputs = [_records(caller, 2) for caller in range(6)]
+    inputs[4][0]["bad"] = True
+    big = _records(9, 10)  # over max_batch_size: runs alone, as with submit
+    try:
+        futures = batcher.submit_many([*inputs, [], big])
+        results = await asyncio.gather(*futures, return_exceptions=True)
+    finally:
+        await batcher.close()
+
+    for caller, (records, result) in enumerate(zip(inputs, results[:6], strict=True)):
+        if caller == 4:
+            assert isinstance(result, ValueError) and str(result) == "bad record 4-0"
+        else:
+            assert result == _expected(records)
+    assert results[6] == [] and results[7] == _expected(big)
+    assert big in model.calls
+    # The first engine call took whole requests up to 8 records (4 callers), not one caller at a time.
+    small_calls = [call for call in model.calls if call != big]
+    assert small_calls[0] == [record for records in inputs[:4] for record in records]
+
+
+async def test_submit_many_after_close_is_refused(model: FakeModel) -> None:
+    batcher = MicroBatcher(model.predict, max_batch_size=8, max_batch_delay_ms=5, name="t-many-closed")
+    await batcher.close()
+    with pytest.raises(ServiceUnavailable):
+        batcher.submit_many([_records(1, 1)])

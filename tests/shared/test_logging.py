@@ -38,20 +38,28 @@ def test_direct_access_line_matches_the_logging_path(json_logs: io.StringIO) -> 
     logger = logging.getLogger("modelserve.access")
     log_access(logger, "POST", "/api/v1/services/s/predict", 200, 1.25, "rid-1")  # direct path
     logger.info(
-        "%s %s %d", "POST", "/api/v1/services/s/predict", 200, extra={"status": 200, "duration_ms": 1.25, "request_id": "rid-1"}
+        "%s %s %d",
+        "POST",
+        "/api/v1/services/s/predict",
+        200,
+        extra={"status": 200, "duration_ms": 1.25, "request_id": "rid-1"},
     )
     direct, ordinary = _lines(json_logs)
     assert str(direct.pop("ts")).endswith("Z") and str(ordinary.pop("ts")).endswith("Z")
     assert list(direct) == list(ordinary)
-    assert direct == ordinary == {
-        "level": "info",
-        "logger": "modelserve.access",
-        "process": "testproc",
-        "msg": "POST /api/v1/services/s/predict 200",
-        "request_id": "rid-1",
-        "status": 200,
-        "duration_ms": 1.25,
-    }
+    assert (
+        direct
+        == ordinary
+        == {
+            "level": "info",
+            "logger": "modelserve.access",
+            "process": "testproc",
+            "msg": "POST /api/v1/services/s/predict 200",
+            "request_id": "rid-1",
+            "status": 200,
+            "duration_ms": 1.25,
+        }
+    )
 
 
 def test_a_listening_handler_gets_access_records(json_logs: io.StringIO, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,0 +1,63 @@
+"""Predictor.predict_many: the replica's path for the gateway's coalesced requests, one answer or error each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inference.predictor import Prediction, Predictor, VersionRef
+from inference.runtimes import load_runtime
+from shared.artifacts import LocalArtifactStore
+from shared.errors import BadRequest, ValidationFailed
+from shared.settings import Settings
+
+
+@pytest.fixture
+async def predictor_and_ref(onnx_models: dict[str, Path], tmp_path: Path) -> tuple[Predictor, VersionRef]:
+    settings = Settings(environment="test", data_dir=tmp_path, log_json=False)
+    store = LocalArtifactStore(settings.artifacts_dir)
+    writer = store.writer(10**9)
+    writer.write(onnx_models["random_forest"].read_bytes())
+    staged = writer.finish()
+    store.commit(staged)
+    description = load_runtime(onnx_models["random_forest"], settings).description
+    return Predictor(settings, store), VersionRef("iris", 1, staged.sha256, description)
+
+
+async def test_each_caller_gets_its_own_answers_or_error(predictor_and_ref: tuple[Predictor, VersionRef]) -> None:
+    predictor, ref = predictor_and_ref
+    setosa, virginica = [5.1, 3.5, 1.4, 0.2], [7.7, 3.0, 6.1, 2.3]
+    unparsed = BadRequest("not a body")
+    try:
+        results = await predictor.predict_many(
+            ref,
+            [
+                [{"X": setosa}],
+                [{"X": "not numbers"}],
+                unparsed,
+                [{"X": virginica}, {"X": setosa, "extra": 1}],
+            ],
+        )
+        alone = [await predictor.predict(ref, [{"X": v}]) for v in (setosa, virginica)]
+    finally:
+        await predictor.close()
+
+    first, bad, passed_through, last = results
+    assert isinstance(first, Prediction) and isinstance(last, Prediction)
+    assert first.predictions == alone[0].predictions
+    assert last.predictions == alone[1].predictions + alone[0].predictions
+    assert last.warnings and "extra" in last.warnings[0]
+    assert isinstance(bad, ValidationFailed) and bad.errors[0]["field"].startswith("inputs[0].X")
+    assert passed_through is unparsed
+    assert set(first.timing) == {"validate_ms", "load_ms", "predict_ms", "total_ms"}
+
+
+async def test_nothing_valid_skips_the_engine(predictor_and_ref: tuple[Predictor, VersionRef]) -> None:
+    predictor, ref = predictor_and_ref
+    try:
+        results = await predictor.predict_many(ref, [[{"nope": 1}]])
+    finally:
+        await predictor.close()
+    assert isinstance(results[0], ValidationFailed)
+    assert predictor._batchers == {}
