@@ -143,9 +143,14 @@ class OnnxRuntime:
         session: ort.InferenceSession,
         roles: OutputRoles,
         zipmaps: dict[str, _ZipMapSource] | None = None,
+        full_session: Callable[[], ort.InferenceSession] | None = None,
     ) -> None:
         self.description = description
         self._session: ort.InferenceSession | None = session
+        # `session` may lack the ZipMap nodes (answered from their tensors here): the original graph, built on
+        # first need, for the rare tensor that is not the [N, C] floats expected.
+        self._full_session_factory = full_session
+        self._full_session: ort.InferenceSession | None = None
         self._roles = roles
         # The model's own outputs (a session built with ZipMap tensors exposed has those after them).
         self._output_names = [o.name for o in description.outputs] or [o.name for o in session.get_outputs()]
@@ -229,7 +234,7 @@ class OnnxRuntime:
             for i, source in self._zipmap_positions:
                 column = _zipmap_column(source, outputs[i], size)
                 if column is None:  # not the [N, C] floats expected: let onnxruntime zip them
-                    return list(session.run(self._output_names, feeds)), frozenset()
+                    return list(self._zipping_session().run(self._output_names, feeds)), frozenset()
                 outputs[i] = column
             return outputs, self._zipmap_names
         except (InvalidArgument, ValueError) as exc:
@@ -589,9 +594,18 @@ class OnnxRuntime:
         labels = self.description.class_labels or list(range(len(scores)))
         return {str(label): float(p) for label, p in zip(labels, scores, strict=False)}
 
+    def _zipping_session(self) -> ort.InferenceSession:
+        if self._full_session_factory is None:
+            assert self._session is not None
+            return self._session
+        if self._full_session is None:
+            self._full_session = self._full_session_factory()
+        return self._full_session
+
     def unload(self) -> None:
-        """Drop the session (onnxruntime frees it with the last reference)."""
+        """Drop the sessions (onnxruntime frees each with its last reference)."""
         self._session = None
+        self._full_session = None
 
 
 @dataclass(frozen=True)
@@ -636,13 +650,27 @@ def _zipmap_sources(model: onnx.ModelProto) -> dict[str, _ZipMapSource]:
     return found
 
 
-def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> bytes:
-    """The model with `tensors` (float tensors computed by the graph) added to its outputs, serialised."""
-    extended = onnx.ModelProto()
-    extended.CopyFrom(model)
-    for name in tensors:
-        extended.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    return extended.SerializeToString()  # type: ignore[no-any-return]
+def _without_zipmaps(model: onnx.ModelProto, zipmaps: dict[str, _ZipMapSource]) -> bytes:
+    """The model, serialised, with each ZipMap's float tensor as a graph output in place of its maps.
+
+    onnxruntime runs every node of the graph whatever is fetched, and its ZipMap builds one map per row: for
+    10,000 rows that cost as much as the rest of a random forest, for a logistic regression four times more.
+    The answers are built from the tensor anyway. A ZipMap whose maps feed another node is kept.
+    """
+    consumed = {name for node in model.graph.node for name in node.input}
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    graph = pruned.graph
+    drop = {name for name in zipmaps if name not in consumed}
+    kept_nodes = [n for n in graph.node if not (n.op_type == "ZipMap" and n.output and n.output[0] in drop)]
+    kept_outputs = [o for o in graph.output if o.name not in drop]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    del graph.output[:]
+    graph.output.extend(kept_outputs)
+    for source in zipmaps.values():
+        graph.output.append(helper.make_tensor_value_info(source.tensor, TensorProto.FLOAT, None))
+    return pruned.SerializeToString()  # type: ignore[no-any-return]
 
 
 def _zipmap_column(source: _ZipMapSource, tensor: Any, size: int) -> list[dict[str, float]] | None:
@@ -785,10 +813,19 @@ def load_onnx(
     resolved = resolve_function_type(inferred, function_type, roles)
     try:
         zipmaps = _zipmap_sources(model)
-        graph = _with_outputs(model, [z.tensor for z in zipmaps.values()]) if zipmaps else data
+        graph = _without_zipmaps(model, zipmaps) if zipmaps else data
         session = ort.InferenceSession(graph, sess_options=session_options(settings), providers=providers(settings))
     except Exception as exc:  # onnxruntime raises Fail/InvalidGraph/NotImplemented… for bad graphs
         raise InvalidModel(f"onnxruntime cannot load the model: {exc}") from None
+
+    def full_session() -> ort.InferenceSession:
+        # From the file again rather than keeping its bytes in memory for a path that is rarely taken.
+        try:
+            original = path.read_bytes()
+            return ort.InferenceSession(original, sess_options=session_options(settings), providers=providers(settings))
+        except Exception as exc:
+            raise ModelServeError(f"onnxruntime cannot load the model's original graph: {exc}") from None
+
     description = ModelDescription(
         format="onnx",
         engine=EngineInfo(name="onnx", version=ort.__version__, implementation="onnxruntime"),
@@ -799,4 +836,4 @@ def load_onnx(
         class_labels=class_labels(model) if resolved == "classification" else None,
     )
     logger.debug("loaded ONNX %s: %s/%s on %s", path.name, algorithm, resolved, session.get_providers())
-    return OnnxRuntime(description, session, roles, zipmaps)
+    return OnnxRuntime(description, session, roles, zipmaps, full_session if zipmaps else None)

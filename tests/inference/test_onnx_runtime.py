@@ -358,3 +358,36 @@ def test_compiled_classifier_answers_equal_the_general_path(
     assert compiled == general
     assert [list(a) for a in compiled[:1]] == [list(a) for a in general[:1]]  # same key order
     assert [list(a["raw"]) for a in compiled[:1]] == [list(a["raw"]) for a in general[:1]]
+
+
+@pytest.mark.parametrize("name", ["random_forest", "logistic_regression"])
+def test_session_runs_without_the_zipmap_node(
+    name: str, onnx_models: dict[str, Path], runtime_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime runs every node whatever is fetched: the served graph drops the ZipMap its answers replace,
+    and the original graph is built only when a tensor is not the expected [N, C] floats."""
+    runtime: Any = load_runtime(onnx_models[name], runtime_settings)
+    served = {o.name for o in runtime._session.get_outputs()}
+    original = ort.InferenceSession(onnx_models[name].read_bytes(), providers=["CPUExecutionProvider"])
+    zipmap_outputs = set(runtime._zipmap_sources)
+    assert zipmap_outputs and not served & zipmap_outputs
+    assert {source.tensor for source in runtime._zipmap_sources.values()} <= served
+    assert runtime._full_session is None
+
+    records = models.onnx_records(models.sample_records(name, 20), name)
+    X = np.asarray([r["X"] for r in records], dtype=np.float32)
+    label_name = next(o.name for o in original.get_outputs() if o.name not in zipmap_outputs)
+    labels, maps = original.run([label_name, *zipmap_outputs], {"X": X})
+    answers = runtime.predict(records)
+    assert [a["label"] for a in answers] == labels.tolist()
+    assert [a["probabilities"] for a in answers] == [{str(k): v for k, v in m.items()} for m in maps]
+
+    # The rare fallback: onnxruntime's own ZipMap, from the original graph built on first need.
+    monkeypatch.setattr(onnx_runtime, "_zipmap_column", lambda *args: None)
+    runtime._classify = None
+    fallback = runtime.predict(records)
+    assert runtime._full_session is not None
+    assert [a["label"] for a in fallback] == labels.tolist()
+    assert [a["probabilities"] for a in fallback] == [a["probabilities"] for a in answers]
+    runtime.unload()
+    assert runtime._full_session is None
