@@ -89,14 +89,7 @@ class Predictor:
         runtime = await self.runtime(ref)
         loaded = time.perf_counter()
         predictions = await self._batcher(ref, runtime).submit(clean)
-        done = time.perf_counter()
-        timing = {
-            "validate_ms": round((validated - start) * 1000, 3),
-            "load_ms": round((loaded - validated) * 1000, 3),
-            "predict_ms": round((done - loaded) * 1000, 3),
-            "total_ms": round((done - start) * 1000, 3),
-        }
-        return Prediction(predictions, warnings, timing)
+        return Prediction(predictions, warnings, _timing(start, validated, loaded, time.perf_counter()))
 
     async def predict_many(
         self, ref: VersionRef, requests: list[list[dict[str, Any]] | Exception]
@@ -129,13 +122,7 @@ class Predictor:
         loaded = time.perf_counter()
         futures = self._batcher(ref, runtime).submit_many([clean for _, clean in pending])
         answers = await asyncio.gather(*futures, return_exceptions=True)
-        done = time.perf_counter()
-        timing = {
-            "validate_ms": round((validated - start) * 1000, 3),
-            "load_ms": round((loaded - validated) * 1000, 3),
-            "predict_ms": round((done - loaded) * 1000, 3),
-            "total_ms": round((done - start) * 1000, 3),
-        }
+        timing = _timing(start, validated, loaded, time.perf_counter())
         for (i, _), answer in zip(pending, answers, strict=True):
             if isinstance(answer, BaseException):
                 if not isinstance(answer, Exception):
@@ -152,3 +139,13 @@ class Predictor:
             await batcher.close()
         self._batchers.clear()
         await self.cache.clear()
+
+
+def _timing(start: float, validated: float, loaded: float, done: float) -> dict[str, float]:
+    """A prediction's phases in milliseconds, from `time.perf_counter` readings."""
+    return {
+        "validate_ms": round((validated - start) * 1000, 3),
+        "load_ms": round((loaded - validated) * 1000, 3),
+        "predict_ms": round((done - loaded) * 1000, 3),
+        "total_ms": round((done - start) * 1000, 3),
+    }

@@ -76,21 +76,13 @@ class _LoopBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._pending.append(self.format(record) + self.terminator)
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._write_pending()
-                return
-            if not self._scheduled:
-                self._scheduled = True
-                loop.call_soon(self._flush_soon)
+            self.write_line(self.format(record))
         except Exception:
             self.handleError(record)
 
     def write_line(self, line: str) -> None:
-        """A line formatted by the caller, written like an emitted record's."""
-        with self.lock:  # type: ignore[union-attr]
+        """A formatted line, written at once off an event loop, else with the rest of this loop iteration's."""
+        with self.lock:  # type: ignore[union-attr]  # an RLock: `emit` already holds it
             self._pending.append(line + self.terminator)
             try:
                 loop = asyncio.get_running_loop()
