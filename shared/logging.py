@@ -96,7 +96,10 @@ class _LoopBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def _flush_soon(self) -> None:
         with self.lock:  # type: ignore[union-attr]
             self._scheduled = False
-            self._write_pending()
+            try:
+                self._write_pending()
+            except Exception:  # stderr gone (a closed pipe): raising here would be logged, and fail again
+                self._pending.clear()
 
     def _write_pending(self) -> None:
         if self._pending:
@@ -135,7 +138,10 @@ def log_access(logger: logging.Logger, method: str, path: str, status: int, dura
         and logger.isEnabledFor(logging.INFO)
         and handler.level <= logging.INFO
     ):
-        handler.write_line(_access_line(handler, logger.name, method, path, status, duration_ms, rid))
+        try:
+            handler.write_line(_access_line(handler, logger.name, method, path, status, duration_ms, rid))
+        except Exception:  # a log line never fails the request it describes (stderr gone, say)
+            handler._pending.clear()
         return
     logger.info(
         "%s %s %d", method, path, status, extra={"status": status, "duration_ms": duration_ms, "request_id": rid}

@@ -813,8 +813,18 @@ def load_onnx(
     resolved = resolve_function_type(inferred, function_type, roles)
     try:
         zipmaps = _zipmap_sources(model)
-        graph = _without_zipmaps(model, zipmaps) if zipmaps else data
-        session = ort.InferenceSession(graph, sess_options=session_options(settings), providers=providers(settings))
+        session = None
+        if zipmaps:
+            try:
+                pruned = _without_zipmaps(model, zipmaps)
+                session = ort.InferenceSession(
+                    pruned, sess_options=session_options(settings), providers=providers(settings)
+                )
+            except Exception:  # an unusual graph the pruning does not suit: serve it as it is, ZipMaps included
+                logger.debug("ONNX %s: the graph without its ZipMaps does not load; serving it whole", path.name)
+                zipmaps = {}
+        if session is None:
+            session = ort.InferenceSession(data, sess_options=session_options(settings), providers=providers(settings))
     except Exception as exc:  # onnxruntime raises Fail/InvalidGraph/NotImplemented… for bad graphs
         raise InvalidModel(f"onnxruntime cannot load the model: {exc}") from None
 

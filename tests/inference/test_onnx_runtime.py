@@ -391,3 +391,16 @@ def test_session_runs_without_the_zipmap_node(
     assert [a["probabilities"] for a in fallback] == [a["probabilities"] for a in answers]
     runtime.unload()
     assert runtime._full_session is None
+
+
+def test_a_graph_the_pruning_does_not_suit_is_served_whole(
+    onnx_models: dict[str, Path], runtime_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = models.onnx_records(models.sample_records("random_forest", 10), "random_forest")
+    expected = load_runtime(onnx_models["random_forest"], runtime_settings).predict(records)
+    monkeypatch.setattr(onnx_runtime, "_without_zipmaps", lambda *args: b"not a graph")
+    runtime: Any = load_runtime(onnx_models["random_forest"], runtime_settings)
+    assert runtime._zipmap_sources == {}
+    answers = runtime.predict(records)
+    assert [a["label"] for a in answers] == [a["label"] for a in expected]
+    assert [a["probabilities"] for a in answers] == [a["probabilities"] for a in expected]

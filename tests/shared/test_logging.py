@@ -99,3 +99,16 @@ async def test_flush_writes_what_is_pending(json_logs: io.StringIO) -> None:
     for handler in logging.getLogger().handlers:
         handler.flush()
     assert _lines(json_logs)[0]["msg"] == "GET /p 200"
+
+
+async def test_a_broken_stream_does_not_spin_the_loop(json_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    handler = logging.getLogger().handlers[0]
+
+    def broken(_text: str) -> int:
+        raise BrokenPipeError("stderr closed")
+
+    monkeypatch.setattr(json_logs, "write", broken)
+    log_access(logging.getLogger("modelserve.access"), "GET", "/b", 200, 0.1, "rid-b")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert handler._pending == [] and handler._scheduled is False  # type: ignore[attr-defined]
