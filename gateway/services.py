@@ -175,41 +175,24 @@ async def predict_json(request: Request, name: str, body: bytes) -> Response:
 
     Called by the route above and by `gateway.fastlane.FastLane`, which skips FastAPI's routing for this hot path.
     """
-    metrics = _service_metrics(name)
-    start = time.perf_counter()
-    metrics.in_flight.inc()
-    status = 500
-    try:
+    with _service_metrics(name).track() as outcome:
         route = await route_for(request.app.state.routing, name)
         try:
             orjson.loads(body)  # one malformed body must not spoil the batch it would join
         except orjson.JSONDecodeError as exc:
             raise ValidationFailed("Invalid JSON", errors=[field_error("body", f"not valid JSON: {exc}")]) from exc
         status, content = await _coalescer(request, name).submit(request, route, body)
+        outcome.status = status
         media = "application/json" if status < 400 else "application/problem+json"
         return Response(content, status_code=status, media_type=media)
-    except Exception as exc:
-        status = getattr(exc, "status", 500)
-        raise
-    finally:
-        metrics.done(status, start)
 
 
 async def predict_file(request: Request, name: str, content_type: str) -> Response:
-    metrics = _service_metrics(name)
-    start = time.perf_counter()
-    metrics.in_flight.inc()
-    status = 500
-    try:
+    with _service_metrics(name).track() as outcome:
         route = await route_for(request.app.state.routing, name)
         response = await send_to_replicas(request, route, "/predict", await request.body(), content_type)
-        status = response.status_code
+        outcome.status = response.status_code
         return response
-    except Exception as exc:
-        status = getattr(exc, "status", 500)
-        raise
-    finally:
-        metrics.done(status, start)
 
 
 class _ServiceMetrics:
@@ -221,14 +204,37 @@ class _ServiceMetrics:
         self.latency = SERVICE_LATENCY.labels(name)
         self._requests: dict[int, Counter] = {}
 
+    def track(self) -> _Tracked:
+        """`with metrics.track() as outcome:` around one predict; set `outcome.status` (a raised error's own
+        status is taken otherwise). A plain context manager: an async generator one cost more per request."""
+        return _Tracked(self)
+
     def done(self, status: int, start: float) -> None:
-        """One predict ended with `status` (an error's own status when it raised)."""
+        """One predict ended with `status`."""
         self.in_flight.dec()
         counter = self._requests.get(status)
         if counter is None:
             counter = self._requests[status] = SERVICE_REQUESTS.labels(self.name, str(status))
         counter.inc()
         self.latency.observe(time.perf_counter() - start)
+
+
+class _Tracked:
+    __slots__ = ("_metrics", "_start", "status")
+
+    def __init__(self, metrics: _ServiceMetrics) -> None:
+        self._metrics = metrics
+        self.status = 500
+
+    def __enter__(self) -> _Tracked:
+        self._start = time.perf_counter()
+        self._metrics.in_flight.inc()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: Any) -> None:
+        if exc is not None:
+            self.status = getattr(exc, "status", 500)
+        self._metrics.done(self.status, self._start)
 
 
 _SERVICE_METRICS: dict[str, _ServiceMetrics] = {}

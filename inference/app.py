@@ -192,9 +192,11 @@ def _add_pinned_routes(app: FastAPI, pinned: Pinned) -> None:
         responses = []
         for result in results:
             if isinstance(result, Exception):
-                failure = (
-                    result if isinstance(result, ModelServeError) else ModelServeError(f"Prediction failed: {result}")
-                )
+                if isinstance(result, ModelServeError):
+                    failure = result
+                else:  # not one of ours: logged here, a generic 500 for that caller alone
+                    log.error("predict failed on %s", pinned.service, exc_info=result)
+                    failure = ModelServeError("The prediction failed")
                 responses.append({"status": failure.status, "body": failure.to_problem("/predict")})
                 continue
             body = {

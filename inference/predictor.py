@@ -81,10 +81,7 @@ class Predictor:
 
     async def predict(self, ref: VersionRef, records: list[dict[str, Any]]) -> Prediction:
         start = time.perf_counter()
-        if len(records) > _VALIDATE_IN_THREAD:
-            clean, warnings = await asyncio.to_thread(validate_records, ref.description, records)
-        else:
-            clean, warnings = validate_records(ref.description, records)
+        clean, warnings = await _validate(ref, records)
         validated = time.perf_counter()
         runtime = await self.runtime(ref)
         loaded = time.perf_counter()
@@ -106,10 +103,7 @@ class Predictor:
                 results.append(records)
                 continue
             try:
-                if len(records) > _VALIDATE_IN_THREAD:
-                    clean, warnings = await asyncio.to_thread(validate_records, ref.description, records)
-                else:
-                    clean, warnings = validate_records(ref.description, records)
+                clean, warnings = await _validate(ref, records)
             except Exception as exc:
                 results.append(exc)
                 continue
@@ -139,6 +133,12 @@ class Predictor:
             await batcher.close()
         self._batchers.clear()
         await self.cache.clear()
+
+
+async def _validate(ref: VersionRef, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    if len(records) > _VALIDATE_IN_THREAD:
+        return await asyncio.to_thread(validate_records, ref.description, records)
+    return validate_records(ref.description, records)
 
 
 def _timing(start: float, validated: float, loaded: float, done: float) -> dict[str, float]:
