@@ -20,7 +20,7 @@ from inference.predictor import Predictor, VersionRef
 from inference.resolver import VersionResolver
 from inference.validation import records_from_body
 from shared.app import instrument_app
-from shared.artifacts import LocalArtifactStore
+from shared.artifacts import artifact_store
 from shared.errors import BadRequest, ModelServeError, ServiceUnavailable
 from shared.metrics import mark_process_up
 from shared.settings import Settings
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, pinned: Pinned | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = LocalArtifactStore(settings.artifacts_dir)
+        store = artifact_store(settings)
         app.state.predictor = Predictor(settings, store)
         app.state.resolver = VersionResolver(settings)
         app.state.pinned = _PinnedState()
@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None, pinned: Pinned | None = None) -
     app.state.settings = settings
 
     async def artifacts_ready() -> None:
-        if not settings.artifacts_dir.is_dir():
+        if settings.artifact_fetch == "shared" and not settings.artifacts_dir.is_dir():
             raise RuntimeError(f"artifact store {settings.artifacts_dir} is missing")
 
     async def model_ready() -> None:

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlmodel import Session
 
-from registry import batch_jobs, batch_jobs_api, datasets_api, keys, models_api, script_gen, services_api
+from registry import artifacts_api, batch_jobs, batch_jobs_api, datasets_api, keys, models_api, script_gen, services_api
 from registry.database import migrate
 from registry.deployment import resolve_backend
 from registry.events import publish_event
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app, "registry", {"database": database_ready, "redis": redis_ready}, internal_token=settings.internal_token
     )
     app.include_router(keys.internal_router)
+    app.include_router(artifacts_api.internal_router)
     app.include_router(keys.router)
     app.include_router(models_api.router)
     app.include_router(services_api.router)

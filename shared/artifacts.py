@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import httpx
+
+from shared.auth import INTERNAL_TOKEN_HEADER
 from shared.errors import NotFound, PayloadTooLarge
+from shared.settings import Settings
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -110,3 +114,61 @@ class LocalArtifactStore:
 
     def delete(self, sha256: str) -> None:
         self._path(sha256).unlink(missing_ok=True)
+
+
+class HttpArtifactStore:
+    """Read-only: model files fetched once from the registry (`GET /internal/artifacts/{sha256}`, internal token)
+    into a local cache, checked against their sha256. For replicas that share no volume with the registry
+    (Kubernetes pods, other machines)."""
+
+    def __init__(self, registry_url: str, cache_dir: Path, token: str | None, timeout: float = 300.0) -> None:
+        self.registry_url = registry_url.rstrip("/")
+        self.cache = LocalArtifactStore(cache_dir)
+        self._headers = {INTERNAL_TOKEN_HEADER: token} if token else {}
+        self._timeout = timeout
+
+    def writer(self, max_bytes: int) -> ArtifactWriter:
+        raise RuntimeError("an HTTP artifact store is read-only")
+
+    def commit(self, staged: StagedArtifact) -> None:
+        raise RuntimeError("an HTTP artifact store is read-only")
+
+    def discard(self, staged: StagedArtifact) -> None:
+        staged.path.unlink(missing_ok=True)
+
+    def exists(self, sha256: str) -> bool:
+        return self.cache.exists(sha256)
+
+    def delete(self, sha256: str) -> None:
+        self.cache.delete(sha256)
+
+    def local_path(self, sha256: str) -> Path:
+        if self.cache.exists(sha256):
+            return self.cache.local_path(sha256)
+        self.cache._path(sha256)  # refuses anything but a sha256 before it goes into a URL
+        writer = self.cache.writer(2**62)
+        try:
+            with httpx.stream(
+                "GET", f"{self.registry_url}/internal/artifacts/{sha256}", headers=self._headers, timeout=self._timeout
+            ) as resp:
+                if resp.status_code == 404:
+                    raise NotFound(f"Artifact {sha256} is missing from the registry's store")
+                resp.raise_for_status()
+                for chunk in resp.iter_bytes(1024 * 1024):
+                    writer.write(chunk)
+        except BaseException:
+            writer.abort()
+            raise
+        staged = writer.finish()
+        if staged.sha256 != sha256:
+            self.cache.discard(staged)
+            raise NotFound(f"Artifact {sha256} came back with other content ({staged.sha256})")
+        self.cache.commit(staged)
+        return self.cache.local_path(sha256)
+
+
+def artifact_store(settings: Settings) -> ArtifactStore:
+    """The store an inference process reads model files from (`MODELSERVE_ARTIFACT_FETCH`)."""
+    if settings.artifact_fetch == "http":
+        return HttpArtifactStore(settings.registry_url, settings.data_dir / "artifact-cache", settings.internal_token)
+    return LocalArtifactStore(settings.artifacts_dir)

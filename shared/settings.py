@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,8 +80,8 @@ class Settings(BaseSettings):
     job_result_ttl_seconds: int = 24 * 3600
     """How long async results stay in Redis."""
 
-    deployment_backend: Literal["local"] = "local"
-    """Where service replicas run: `local` processes supervised by the registry (Kubernetes to come)."""
+    deployment_backend: Literal["local", "kubernetes"] = "local"
+    """Where service replicas run: `local` processes on this machine, or `kubernetes` pods (Deployments)."""
 
     replica_host: str = "127.0.0.1"
     """Address local replicas bind (loopback: only the gateway talks to them)."""
@@ -141,6 +141,52 @@ class Settings(BaseSettings):
     batch_progress_interval_seconds: float = Field(default=0.5, ge=0)
     """A `batch_predict` run reports progress (and its checkpoint, and learns of pause/stop) after the first
     chunk, then after the first chunk that ends this long after the last report; 0 reports every chunk."""
+
+    # --- k8s ---
+
+    kubernetes_namespace: str = "modelserve"
+    """Namespace the Kubernetes backend puts services' Deployments, Services and pods in."""
+
+    kubernetes_kubeconfig: Path | None = None
+    """Kubeconfig file of the Kubernetes backend; unset: in-cluster service account, else `KUBECONFIG`/~/.kube."""
+
+    kubernetes_image: str = "modelserve:0.1.0"
+    """Container image of replica pods (the platform's own image: it runs `modelserve inference`)."""
+
+    kubernetes_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    """`imagePullPolicy` of replica pods."""
+
+    kubernetes_service_account: str | None = None
+    """Service account replica pods run as (they need no API access)."""
+
+    kubernetes_node_selector: dict[str, str] = {}
+    """`nodeSelector` of replica pods."""
+
+    kubernetes_tolerations: list[dict[str, Any]] = []
+    """`tolerations` of replica pods, as Kubernetes writes them."""
+
+    kubernetes_labels: dict[str, str] = {}
+    """Extra labels on every object the backend creates (e.g. team, cost centre)."""
+
+    kubernetes_replica_port: int = Field(default=8080, ge=1, le=65535)
+    """Port replica containers listen on (each pod has its own IP)."""
+
+    kubernetes_secret_name: str = "modelserve-replica"
+    """Secret the backend keeps the replicas' internal token in (pods read it by `secretKeyRef`)."""
+
+    kubernetes_registry_url: str | None = None
+    """Registry URL as pods reach it (e.g. `http://modelserve-registry:8001`); default `registry_url`."""
+
+    kubernetes_artifact_fetch: Literal["http", "shared"] = "http"
+    """How replica pods get model files: `http` from the registry (internal token), `shared`: a volume at the
+    data dir that every pod mounts (ReadWriteMany)."""
+
+    kubernetes_memory_limit_factor: float | None = Field(default=2.0, gt=0)
+    """A pod's memory limit is its service's memory reservation times this; unset: no limit."""
+
+    artifact_fetch: Literal["shared", "http"] = "shared"
+    """How an inference process reads model files: `shared`: the artifact store directory (same machine or a
+    shared volume); `http`: downloaded once from the registry with the internal token into the data dir."""
 
     log_level: str = "INFO"
     """Root log level."""

@@ -1,4 +1,4 @@
-"""Deployment backends: make a service's desired state real (`local` processes now; Kubernetes later)."""
+"""Deployment backends: make a service's desired state real (`local` processes, or `kubernetes` Deployments)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ __all__ = ["DeploymentBackend", "ReplicaStatus", "ServiceRuntime", "ServiceSpec"
 
 
 def resolve_backend(settings: Settings, **kwargs: Any) -> DeploymentBackend:
-    """The backend named by `settings.deployment_backend` (only `local` exists so far)."""
+    """The backend named by `settings.deployment_backend`: `local` processes or `kubernetes` Deployments."""
     if settings.deployment_backend == "local":
         from registry.deployment.local import LocalBackend
 
         return LocalBackend(settings, **kwargs)
+    if settings.deployment_backend == "kubernetes":
+        from registry.deployment.kubernetes import KubernetesBackend
+
+        return KubernetesBackend(settings, **kwargs)
     raise ValueError(f"unknown deployment backend {settings.deployment_backend!r}")

@@ -41,6 +41,10 @@ class ReplicaStatus(BaseModel):
     over_memory: bool = False
     """RSS far above the service's memory reservation."""
     reason: str | None = None
+    phase: str | None = None
+    """The pod's phase (Kubernetes backend)."""
+    node: str | None = None
+    """The node the pod runs on (Kubernetes backend)."""
 
 
 class ServiceRuntime(BaseModel):

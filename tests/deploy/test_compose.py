@@ -60,11 +60,18 @@ def _raw_compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
+def _k8s_files() -> list[Path]:
+    """The platform's manifests (base, datastores, the Secret template); not kustomizations, examples or testenv."""
+    return sorted(
+        p
+        for p in KUBERNETES.rglob("*.yaml")
+        if p.name != "kustomization.yaml" and not {"testenv", "examples"} & set(p.relative_to(KUBERNETES).parts)
+    )
+
+
 def _k8s_documents() -> list[tuple[Path, dict[str, Any]]]:
     docs = []
-    for path in sorted(KUBERNETES.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
+    for path in _k8s_files():
         docs.extend((path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc)
     return docs
 
@@ -142,11 +149,14 @@ def test_compose_takes_secrets_from_the_environment() -> None:
 
 
 def test_kubernetes_manifests_parse_and_kustomization_lists_them() -> None:
-    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
-    listed = set(kustomization["resources"])
-    on_disk = {p.name for p in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
+    top = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    assert top["resources"] == ["base", "datastores"]
+    for part in ("base", "datastores"):
+        listed = set(yaml.safe_load((KUBERNETES / part / "kustomization.yaml").read_text())["resources"])
+        on_disk = {p.name for p in (KUBERNETES / part).glob("*.yaml")} - {"kustomization.yaml"}
+        assert listed == on_disk, part
     # The Secret is a template created with kubectl; applying it would overwrite the real one with placeholders.
-    assert listed == on_disk - {"secret.example.yaml"}
+    assert (KUBERNETES / "secret.example.yaml").is_file()
 
     kinds = {(doc["kind"], doc["metadata"]["name"]) for _, doc in _k8s_documents()}
     assert {("Deployment", name) for name in DEPLOYMENTS} <= kinds
@@ -197,22 +207,59 @@ def test_no_manifest_contains_a_literal_secret_value() -> None:
                 assert "value" not in env, f"{where}: {env['name']} is inline"
                 assert env["valueFrom"]["secretKeyRef"]["name"] == "modelserve-secrets", where
     # Nothing resembling a credential in a URL anywhere, comments included, except placeholders and shell variables.
-    for path in KUBERNETES.glob("*.yaml"):
+    for path in KUBERNETES.rglob("*.yaml"):
         for user, password in re.findall(r"://([^:/@\s]+):([^@\s]+)@", path.read_text()):
             assert password.startswith(("<REPLACE", "$")), f"{path.name}: credentials for {user}"
 
 
-def test_kustomize_renders_the_manifests() -> None:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not on PATH")
+@pytest.mark.parametrize("target", ["", "base"])
+def test_kustomize_renders_the_manifests_offline(target: str) -> None:
+    kubectl = _required_tool("kubectl")
     result = subprocess.run(
-        [kubectl, "kustomize", str(KUBERNETES)], capture_output=True, text=True, timeout=120, check=False
+        [kubectl, "kustomize", str(KUBERNETES / target)], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
     rendered = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     assert all(doc["metadata"].get("namespace", "modelserve") == "modelserve" for doc in rendered)
-    assert "Secret" not in {doc["kind"] for doc in rendered}
+    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in rendered}
+    assert "Secret" not in {kind for kind, _ in kinds}
+    assert ("PodDisruptionBudget", "gateway") in kinds
+    datastores = {("StatefulSet", "redis"), ("StatefulSet", "postgres")}
+    assert datastores <= kinds if target == "" else not datastores & kinds
+    if target == "":
+        for doc in rendered:
+            if doc["kind"] == "StatefulSet":  # persistence: each datastore claims a volume
+                assert doc["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+
+
+def test_registry_rbac_is_what_the_kubernetes_backend_needs_in_its_namespace() -> None:
+    docs = {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in _k8s_documents()}
+    assert not any(kind.startswith("Cluster") for kind, _ in docs)
+    role = docs[("Role", "modelserve-registry")]
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    needed = {("apps", "deployments", v) for v in ("get", "list", "watch", "create", "update", "delete")}
+    needed |= {("", "pods", v) for v in ("list", "watch", "delete")} | {("", "services", "create")}
+    assert needed <= granted
+    assert not {(g, r, v) for g, r, v in granted if v in {"*", "escalate", "bind", "impersonate"} or r == "*"}
+    secret_rules = [rule for rule in role["rules"] if "secrets" in rule["resources"] and "get" in rule["verbs"]]
+    assert all(rule.get("resourceNames") == ["modelserve-replica"] for rule in secret_rules)
+    config = docs[("ConfigMap", "modelserve-config")]["data"]
+    assert config["MODELSERVE_DEPLOYMENT_BACKEND"] == "kubernetes"
+    registry = _pod_spec(docs[("Deployment", "registry")])
+    assert registry["serviceAccountName"] == "modelserve-registry"
+
+
+def test_the_hpa_example_targets_a_service_deployment() -> None:
+    hpa = yaml.safe_load((KUBERNETES / "examples" / "service-hpa.yaml").read_text())
+    assert hpa["kind"] == "HorizontalPodAutoscaler"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ms-iris"}
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
 
 
 # ---- Prometheus, Grafana, Dockerfile ----
