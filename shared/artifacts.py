@@ -16,7 +16,7 @@ from typing import Protocol
 import httpx
 
 from shared.auth import INTERNAL_TOKEN_HEADER
-from shared.errors import NotFound, PayloadTooLarge
+from shared.errors import NotFound, PayloadTooLarge, ServiceUnavailable
 from shared.settings import Settings
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -156,6 +156,9 @@ class HttpArtifactStore:
                 resp.raise_for_status()
                 for chunk in resp.iter_bytes(1024 * 1024):
                     writer.write(chunk)
+        except httpx.HTTPError as exc:
+            writer.abort()
+            raise ServiceUnavailable(f"Could not fetch artifact {sha256} from the registry: {exc}") from exc
         except BaseException:
             writer.abort()
             raise

@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     replica_host: str = "127.0.0.1"
     """Address local replicas bind (loopback: only the gateway talks to them)."""
 
+    replica_advertise_host: str | None = None
+    """Address local replicas are announced at to the gateway: set it when the gateway runs elsewhere (another
+    container: the registry's service name, e.g. `registry`, with `replica_host` `0.0.0.0`); default
+    `replica_host` (127.0.0.1 when that is 0.0.0.0)."""
+
+    @property
+    def replica_url_host(self) -> str:
+        """The host in local replicas' URLs."""
+        if self.replica_advertise_host:
+            return self.replica_advertise_host
+        return "127.0.0.1" if self.replica_host in ("0.0.0.0", "::", "") else self.replica_host
+
     replica_ready_timeout_seconds: float = 120.0
     """How long a new replica may take to load its model before it counts as failed."""
 

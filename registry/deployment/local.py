@@ -291,7 +291,7 @@ class LocalBackend:
                 log.warning("restarted replica %s (pid %s, restart #%d)", replica.id, child.pid, replica.restarts)
             return
         try:
-            resp = await self._client.get(f"http://{self.settings.replica_host}:{replica.port}/internal/stats")
+            resp = await self._client.get(f"http://{self.settings.replica_url_host}:{replica.port}/internal/stats")
             stats = resp.json()
         except (httpx.HTTPError, ValueError):
             if replica.state == "ready":
@@ -321,8 +321,8 @@ class LocalBackend:
             status=r.state,
             version=r.version,
             pid=r.child.pid if r.child.alive() else None,
-            host=self.settings.replica_host,
-            url=f"http://{self.settings.replica_host}:{r.port}",
+            host=self.settings.replica_url_host,
+            url=f"http://{self.settings.replica_url_host}:{r.port}",
             started_at=r.started_at,
             restarts=r.restarts,
             requests_served=r.requests,
