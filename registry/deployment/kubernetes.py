@@ -450,8 +450,9 @@ class KubernetesBackend:
             state = "stopping"
         elif phase == "Failed":
             state, reason = "failed", reason or (status.reason if status else None) or "pod failed"
-        elif phase == "Running" and ready:
-            state, reason = "ready", None
+        elif phase == "Running" and ready:  # serving; an earlier crash (e.g. OOMKilled) stays visible
+            state = "ready"
+            reason = reason if reason and reason.startswith("last exit") else None
         pod_ip = status.podIP if status else None
         started: datetime | None = status.startTime if status else None
         return ReplicaStatus(

@@ -50,3 +50,76 @@ def test_deployment_carries_reservations_probes_and_no_secret(tmp_path: Path) ->
     assert backend.deployment_for(spec).to_dict() == deployment
     paused = backend.deployment_for(ServiceSpec(name="iris", model="iris", version=3, replicas=2, paused=True))
     assert paused.to_dict()["spec"]["replicas"] == 0
+
+
+def _pod(status: dict[str, object], *, deleting: bool = False) -> object:
+    from lightkube.resources.core_v1 import Pod
+
+    meta: dict[str, object] = {
+        "name": "ms-iris-abc",
+        "labels": {"modelserve.io/service": "iris", "modelserve.io/version": "2"},
+        "annotations": {"modelserve.io/service-name": "iris"},
+    }
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    return Pod.from_dict(
+        {"metadata": meta, "spec": {"nodeName": "n1", "containers": [{"name": "replica"}]}, "status": status}
+    )
+
+
+def test_pod_troubles_become_the_replica_and_service_reason(tmp_path: Path) -> None:
+    backend = KubernetesBackend(_settings(tmp_path, kubernetes_replica_port=9000))
+    backend._specs["iris"] = ServiceSpec(name="iris", model="iris", version=2, replicas=1)
+
+    def status_of(pod: object) -> tuple[str, str | None]:
+        backend._pods = {"iris": {"ms-iris-abc": pod}}  # type: ignore[dict-item]
+        replica = backend.runtime("iris").replicas[0]
+        return replica.status, replica.reason
+
+    pull = _pod(
+        {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "replica", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "pull access denied"}},
+                }
+            ],
+        }
+    )  # fmt: skip
+    assert status_of(pull) == ("failed", "ImagePullBackOff: pull access denied")
+    assert backend.runtime("iris").status == "failed"
+    assert backend.runtime("iris").reason == "ImagePullBackOff: pull access denied"
+
+    oom = _pod(
+        {
+            "phase": "Running",
+            "podIP": "10.0.0.7",
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [
+                {
+                    "name": "replica", "ready": True, "restartCount": 3, "image": "x", "imageID": "",
+                    "state": {"running": {}},
+                    "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+                }
+            ],
+        }
+    )  # fmt: skip
+    backend._pods = {"iris": {"ms-iris-abc": oom}}  # type: ignore[dict-item]
+    replica = backend.runtime("iris").replicas[0]
+    assert replica.status == "ready" and replica.restarts == 3 and replica.url == "http://10.0.0.7:9000"
+    assert replica.node == "n1" and replica.phase == "Running" and replica.version == 2
+    assert replica.reason == "last exit: OOMKilled (code 137)"
+    assert backend.runtime("iris").status == "running"
+
+    unschedulable = _pod(
+        {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes: cpu"}
+            ],
+        }
+    )
+    assert status_of(unschedulable) == ("starting", "Unschedulable: 0/3 nodes: cpu")
+    assert backend.runtime("iris").reason == "Unschedulable: 0/3 nodes: cpu"
+    assert status_of(_pod({"phase": "Running"}, deleting=True))[0] == "stopping"
