@@ -267,6 +267,11 @@ class KubernetesBackend:
                 return await self.client.create(wanted)
             assert wanted.metadata is not None and existing.metadata is not None
             wanted.metadata.resourceVersion = existing.metadata.resourceVersion
+            # Keep what the Deployment controller annotates (its revision): dropping it counts as a change.
+            wanted.metadata.annotations = {
+                **(existing.metadata.annotations or {}),
+                **(wanted.metadata.annotations or {}),
+            }
             try:
                 return await self.client.replace(wanted)
             except ApiError as exc:

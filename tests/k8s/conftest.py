@@ -7,6 +7,7 @@ builds or reuses them). Without them these tests skip on a laptop and fail in CI
 from __future__ import annotations
 
 import importlib.util
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ def _controlplane_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("modelserve_k8s_testenv", TESTENV / "controlplane.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 

@@ -21,7 +21,7 @@ from tests.e2e.conftest import Platform, start_platform
 from tests.e2e.test_services_e2e import IRIS, Load, running, upload, wait_for
 from tests.k8s.kubelet import LocalKubelet
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.k8s]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.k8s, pytest.mark.timeout(900)]
 
 
 def _pods(kube: Client, namespace: str) -> list[Pod]:
@@ -173,11 +173,11 @@ def test_a_service_is_a_deployment_whose_pods_serve(
     # The registry dies: serving goes on, and the restarted registry re-adopts the Deployment unchanged.
     before = kube.get(Deployment, object_name("iris"), namespace=namespace)
     pod_names = {p.metadata.name for p in _pods(kube, namespace) if p.metadata}
-    registry = next(p for p in platform.children() if "registry" in p.cmdline())
+    registry = next(p for p in _alive(platform) if "registry" in _cmdline(p))
     os.kill(registry.pid, signal.SIGKILL)
     assert app.post("/api/v1/services/iris/predict", json=IRIS).status_code == 200
     wait_for(
-        lambda: any("registry" in p.cmdline() and p.pid != registry.pid for p in _alive(platform)),
+        lambda: any("registry" in _cmdline(p) and p.pid != registry.pid for p in _alive(platform)),
         what="registry restarted",
     )
     wait_for(lambda: running(admin, "iris", version=2), timeout=60, what="registry answering")
@@ -194,6 +194,13 @@ def test_a_service_is_a_deployment_whose_pods_serve(
     wait_for(lambda: not _pods(kube, namespace) and not kubelet.pids(), timeout=60, what="pods and processes gone")
     admin.close()
     app.close()
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return list(process.cmdline())
+    except psutil.Error:  # gone, or a zombie not reaped yet
+        return []
 
 
 def _alive(platform: Platform) -> list[psutil.Process]:

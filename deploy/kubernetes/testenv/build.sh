@@ -59,6 +59,17 @@ export PATH="/usr/lib/go-1.19/bin:$PATH"
 mkdir -p "$GOPATH/src/k8s.io"
 ln -sfn "$SRC/kubernetes" "$GOPATH/src/k8s.io/kubernetes"
 cd "$GOPATH/src/k8s.io/kubernetes"
+# The API server's OpenAPI definitions are generated code that the source package does not carry (upstream's
+# `make` generates them): build openapi-gen from vendor/ and run it the way Makefile.generated_files does.
+OPENAPI=pkg/generated/openapi/zz_generated.openapi.go
+if [ ! -s "$OPENAPI" ]; then
+  go build -o "$CACHE/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen >&2
+  dirs="$( { grep -rl --include='*.go' '+k8s:openapi-gen=' pkg cmd plugin; grep -Rl --include='*.go' '+k8s:openapi-gen=' vendor; } \
+    | grep -v -e '_test\.go$' -e '^vendor/k8s.io/code-generator/' -e '^vendor/k8s.io/sample-apiserver/' \
+    | xargs -n1 dirname | LC_ALL=C sort -u | sed 's|^|k8s.io/kubernetes/|' | paste -sd, -)"
+  "$CACHE/openapi-gen" --logtostderr -i "$dirs" -p k8s.io/kubernetes/pkg/generated/openapi -O zz_generated.openapi \
+    -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt -r "$CACHE/openapi-violations.report" >&2
+fi
 V=k8s.io/kubernetes/vendor/k8s.io/component-base/version
 LDFLAGS="-s -w -X $V.gitVersion=v1.20.2 -X $V.gitMajor=1 -X $V.gitMinor=20 -X $V.gitTreeState=clean"
 for cmd in kube-apiserver kube-controller-manager; do
