@@ -15,6 +15,7 @@ from prometheus_client.core import Metric
 from gateway import api_v1, forwarding, v2
 from gateway.auth import AuthMiddleware
 from gateway.dataplane import GatewayDataPlane
+from gateway.fastroute import HotRoutes
 from gateway.guards import BodyLimit, PathGuard
 from gateway.openapi import OpenApiMerger
 from shared.app import instrument_app
@@ -78,7 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     checks = {"registry": registry_ready, "inference": inference_ready, "redis": redis_ready}
     checks |= {role: heartbeat_ready(role) for role in HEARTBEAT_ROLES}
     # Added first so they run inside the request-id and metrics middleware: rejections are logged and counted.
-    app.add_middleware(BodyLimit, settings=settings)  # innermost: after auth (no key, no body read)
+    app.add_middleware(HotRoutes, routes=api_v1.router.routes)  # innermost: the hot paths skip the router layers
+    app.add_middleware(BodyLimit, settings=settings)  # after auth (no key, no body read)
     app.add_middleware(AuthMiddleware, keys=lambda: app.state.dataplane.keys)
     app.add_middleware(PathGuard)  # before auth: a traversal is refused whoever sends it
     # The hot paths first: the router tries routes in order.
