@@ -56,6 +56,19 @@ _WAIT_DOC: dict[str, Any] = {
 }
 
 
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem+json answers a route gives."""
+    why = {
+        404: "No such service (or job)",
+        409: "The job is no longer queued",
+        413: "The body is over this route's limit",
+        429: "Too many predictions in flight for the service (see Retry-After)",
+        503: "Paused, no ready replica, or the queue is unavailable (see Retry-After)",
+    }
+    problem = {"application/problem+json": {"schema": {"type": "object"}}}
+    return {status: {"description": why[status], "content": problem} for status in statuses}
+
+
 class JobAccepted(BaseModel):
     id: str
     status: str
@@ -96,6 +109,7 @@ def wait_of(query: bytes) -> float:
     tags=["services"],
     openapi_extra=_PREDICT_DOC,
     response_model=None,
+    responses=_problems(404, 413, 429, 503),
 )
 async def predict(request: Request, name: str) -> Response:
     content_type = header(request.scope, b"content-type", b"application/json").decode("latin-1")
@@ -115,6 +129,7 @@ async def predict(request: Request, name: str) -> Response:
     summary="Submit a prediction to the queue (wait return)",
     description="Same bodies as predict, plus optional `callback_url` and `ttl_seconds`. Poll the returned url.",
     openapi_extra=_SUBMIT_DOC,
+    responses=_problems(404, 413, 503),
 )
 async def submit(request: Request, name: str) -> Response:
     accepted = await _plane(request).submit(name, await request.body(), principal_of(request))
@@ -127,6 +142,7 @@ async def submit(request: Request, name: str) -> Response:
     summary="Status and result of an async prediction (optionally long-poll)",
     openapi_extra=_WAIT_DOC,
     response_model=dict[str, Any],
+    responses=_problems(404, 503),
 )
 async def read_job(request: Request, job_id: str) -> Response:
     wait = wait_of(request.scope["query_string"])
@@ -138,6 +154,7 @@ async def read_job(request: Request, job_id: str) -> Response:
     tags=["jobs (wait return)"],
     summary="Cancel a queued async prediction",
     response_model=dict[str, Any],
+    responses=_problems(404, 409, 503),
 )
 async def cancel_job(request: Request, job_id: str) -> Response:
     return _json(await _plane(request).cancel_job(job_id, principal_of(request)))

@@ -78,7 +78,9 @@ async def test_plain_paths_still_pass(gateway_server: LiveServer, fake_platform:
 @pytest.fixture
 def small_limits(fake_settings: Settings) -> Settings:
     limits = {"gateway_max_predict_bytes": 2000, "gateway_max_json_bytes": 1000, "gateway_max_job_bytes": 2000}
-    return fake_settings.model_copy(update=limits)
+    limits |= {"gateway_max_infer_bytes": 2000, "gateway_max_test_bytes": 2000}
+    # Model test goes to the pool-mode inference process: here the fake registry stands in (nothing is read).
+    return fake_settings.model_copy(update=limits | {"inference_url": fake_settings.registry_url})
 
 
 async def _chunks(total: int, size: int = 256) -> AsyncIterator[bytes]:
@@ -93,7 +95,8 @@ async def test_bodies_over_their_routes_limit_answer_413(small_limits: Settings,
     big = orjson.dumps({"inputs": {"sepal_length": 1.0}, "pad": "x" * 3000})
     with live_gateway(small_limits) as server:
         async with http_client(server) as client:
-            for path in ("/api/v1/services/iris/predict", "/api/v1/services/iris/jobs", "/api/v1/keys"):
+            routes = ("/api/v1/services/iris/predict", "/api/v1/services/iris/jobs", "/v2/models/iris/infer")
+            for path in (*routes, "/api/v1/models/iris/versions/1/test", "/api/v1/keys"):
                 declared = await client.post(path, content=big, headers={"Content-Type": "application/json"})
                 assert declared.status_code == 413, path
                 assert declared.headers["content-type"] == "application/problem+json"
