@@ -1,7 +1,8 @@
-"""Wait return: submit predictions to a queue, poll (or long-poll) for the result, cancel while queued.
+"""Wait return, transport-free: store submissions, queue them (coalesced), read and long-poll, cancel, list.
 
 Submissions that arrive within `async_coalesce_ms` for one service version travel as ONE RQ job
-(RQ costs ~14 Redis round trips a job); each keeps its own id, status and result.
+(RQ costs ~14 Redis round trips a job); each keeps its own id, status and result. The REST routes
+(`gateway.api_v1`) and any other transport call `JobQueue` through the data plane.
 """
 
 from __future__ import annotations
@@ -11,23 +12,22 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 import redis
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
+import redis.asyncio
 from prometheus_client import Counter
-from pydantic import BaseModel
 
-from gateway.services import route_for
+from gateway.routing import Route
 from shared.auth import Principal
 from shared.errors import Conflict, NotFound, ValidationFailed, field_error
 from shared.jobstore import (
     CANCEL_LUA,
     DONE_CHANNEL,
     FINAL,
+    SUBMIT_LUA,
     UNBATCHED,
     decode,
     enqueue_batch,
@@ -36,15 +36,13 @@ from shared.jobstore import (
     public,
     service_jobs_key,
 )
-from shared.logging import request_id_var
-from shared.paging import Limit, Offset
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["jobs (wait return)"])
 SUBMITTED = Counter("modelserve_async_submitted_total", "Async predictions accepted, by service.", ["service"])
 MAX_TTL = 7 * 24 * 3600
 LIST_LIMIT = 10_000  # per service; older ids fall off the listing (their records expire by TTL)
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 class JobWaiters:
@@ -69,12 +67,6 @@ class JobWaiters:
         for job_id in job_ids:
             for event in self._events.get(job_id, ()):
                 event.set()
-
-
-class JobAccepted(BaseModel):
-    id: str
-    status: str
-    url: str
 
 
 class Coalescer:
@@ -165,137 +157,114 @@ def _check_predict_body(body: Any) -> None:
         )
 
 
-@router.post(
-    "/api/v1/services/{name}/jobs",
-    status_code=202,
-    response_model=JobAccepted,
-    summary="Submit a prediction to the queue (wait return)",
-    description="Same bodies as predict, plus optional `callback_url` and `ttl_seconds`. Poll the returned url.",
-)
-async def submit(name: str, request: Request, response: Response) -> JobAccepted:
-    accepted = await submit_job(request, name, await request.body())
-    response.headers["Location"] = accepted["url"]
-    return JobAccepted(**accepted)
+class JobQueue:
+    """Async predictions in Redis: what the data plane's `submit`, `read_job`, `cancel_job` and `list_jobs` do."""
 
+    def __init__(self, settings: Settings, client: redis.asyncio.Redis, sync_client: Callable[[], redis.Redis]) -> None:
+        self.settings = settings
+        self.redis = client
+        self._submit_script = client.register_script(SUBMIT_LUA)
+        self.waiters = JobWaiters()
+        self.coalescer = Coalescer(settings, sync_client)
 
-async def submit_job(request: Request, name: str, raw: bytes) -> dict[str, str]:
-    """Store one submission and hand it to the coalescer; the 202 body. Shared with the gateway's fast lane."""
-    settings: Settings = request.app.state.settings
-    route = await route_for(request.app.state.routing, name)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ValidationFailed("Invalid JSON", errors=[field_error("body", f"not valid JSON: {exc}")]) from exc
-    _check_predict_body(body)
-    callback = _check_callback(body.pop("callback_url", None), settings)
-    ttl = _ttl(body.pop("ttl_seconds", None), settings)
-    principal: Principal | None = getattr(request.state, "principal", None)
-    job_id = secrets.token_urlsafe(18)  # unguessable: the id is the handle to the result
-    created = now()
-    record = {
-        "id": job_id,
-        "status": "queued",
-        "service": name,
-        "model": route.model,
-        "version": route.version or 0,
-        "created_at": created,
-        "ttl": ttl,
-        "request": orjson.dumps(body),
-        "callback_url": callback or "",
-        "key_id": principal.key_id if principal else "",
-        "request_id": request_id_var.get() or "",
-        "attempts": 0,
-    }
-    fields = [item for pair in record.items() for item in pair]
-    # Expires an hour after its TTL unless the finish shortens it to the result's TTL.
-    keys = [job_key(job_id), service_jobs_key(name), UNBATCHED]
-    await request.app.state.submit_script(keys=keys, args=[ttl + 3600, created, job_id, LIST_LIMIT, *fields])
-    request.app.state.coalescer.add(name, route.model, route.version or 0, job_id)
-    SUBMITTED.labels(name).inc()
-    return {"id": job_id, "status": "queued", "url": f"/api/v1/jobs/{job_id}"}
+    async def close(self) -> None:
+        await self.coalescer.close()
 
+    async def submit(self, route: Route, raw: bytes, principal: Principal | None, request_id: str) -> dict[str, str]:
+        """Store one submission and hand it to the coalescer; the 202 body."""
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ValidationFailed("Invalid JSON", errors=[field_error("body", f"not valid JSON: {exc}")]) from exc
+        _check_predict_body(body)
+        callback = _check_callback(body.pop("callback_url", None), self.settings)
+        ttl = _ttl(body.pop("ttl_seconds", None), self.settings)
+        job_id = secrets.token_urlsafe(18)  # unguessable: the id is the handle to the result
+        created = now()
+        record = {
+            "id": job_id,
+            "status": "queued",
+            "service": route.name,
+            "model": route.model,
+            "version": route.version or 0,
+            "created_at": created,
+            "ttl": ttl,
+            "request": orjson.dumps(body),
+            "callback_url": callback or "",
+            "key_id": principal.key_id if principal else "",
+            "request_id": request_id,
+            "attempts": 0,
+        }
+        fields: list[Any] = [item for pair in record.items() for item in pair]
+        # Expires an hour after its TTL unless the finish shortens it to the result's TTL.
+        keys = [job_key(job_id), service_jobs_key(route.name), UNBATCHED]
+        args: list[Any] = [ttl + 3600, created, job_id, LIST_LIMIT, *fields]
+        await self._submit_script(keys=keys, args=args)
+        self.coalescer.add(route.name, route.model, route.version or 0, job_id)
+        SUBMITTED.labels(route.name).inc()
+        return {"id": job_id, "status": "queued", "url": f"/api/v1/jobs/{job_id}"}
 
-async def _readable(request: Request, job_id: str) -> dict[str, str]:
-    raw = await request.app.state.redis.hgetall(job_key(job_id))
-    record = decode(raw) if raw else None
-    principal: Principal | None = getattr(request.state, "principal", None)
-    # 404, not 403: a key that may not call the service learns nothing about its jobs.
-    if record is None or (principal is not None and not principal.allows("predict", record.get("service"))):
-        raise NotFound(f"Job '{job_id}' does not exist or has expired")
-    return record
+    async def _readable(self, job_id: str, principal: Principal | None) -> dict[str, str]:
+        raw = await self.redis.hgetall(job_key(job_id))
+        record = decode(raw) if raw else None
+        # 404, not 403: a key that may not call the service learns nothing about its jobs.
+        if record is None or (principal is not None and not principal.allows("predict", record.get("service"))):
+            raise NotFound(f"Job '{job_id}' does not exist or has expired")
+        return record
 
+    async def read(self, job_id: str, wait: float, principal: Principal | None) -> dict[str, Any]:
+        """A job as the caller may see it, after waiting up to `wait` s for it to end."""
+        if wait > self.settings.job_wait_max_seconds:
+            raise ValidationFailed(
+                "wait too long",
+                errors=[field_error("wait", f"at most {self.settings.job_wait_max_seconds} seconds", received=wait)],
+            )
+        if wait <= 0:
+            return public(await self._readable(job_id, principal))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        event = self.waiters.register(job_id)  # before the read: a job ending in between still wakes us
+        try:
+            record = await self._readable(job_id, principal)
+            while record.get("status") not in FINAL and (left := deadline - loop.time()) > 0:
+                # Woken by the worker's message; re-read every second anyway in case a message was missed.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(left, 1.0))
+                event.clear()
+                record = await self._readable(job_id, principal)
+        finally:
+            self.waiters.unregister(job_id, event)
+        return public(record)
 
-@router.get("/api/v1/jobs/{job_id}", summary="Status and result of an async prediction (optionally long-poll)")
-async def get_job(
-    job_id: str,
-    request: Request,
-    wait: Annotated[float, Query(ge=0, description="Seconds to wait for the job to end (≤ 60)")] = 0,
-) -> dict[str, Any]:
-    return await read_job(request, job_id, wait)
+    async def cancel(self, job_id: str, principal: Principal | None) -> dict[str, Any]:
+        await self._readable(job_id, principal)
+        outcome = await self.redis.eval(CANCEL_LUA, 1, job_key(job_id), now())  # type: ignore[misc]
+        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+        if outcome != "cancelled":
+            raise Conflict(
+                f"Job '{job_id}' is {outcome or 'gone'}; only queued jobs can be cancelled", job_status=outcome
+            )
+        await self.redis.zrem(UNBATCHED, job_id)
+        await self.redis.publish(DONE_CHANNEL, orjson.dumps([job_id]))
+        return public(await self._readable(job_id, principal))
 
-
-async def read_job(request: Request, job_id: str, wait: float) -> dict[str, Any]:
-    """A job as the caller may see it, after waiting up to `wait` s for it to end. Shared with the fast lane."""
-    settings: Settings = request.app.state.settings
-    if wait > settings.job_wait_max_seconds:
-        raise ValidationFailed(
-            "wait too long",
-            errors=[field_error("wait", f"at most {settings.job_wait_max_seconds} seconds", received=wait)],
-        )
-    if wait <= 0:
-        return public(await _readable(request, job_id))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    waiters: JobWaiters = request.app.state.job_waiters
-    event = waiters.register(job_id)  # before the read: a job ending in between still wakes us
-    try:
-        record = await _readable(request, job_id)
-        while record.get("status") not in FINAL and (left := deadline - loop.time()) > 0:
-            # Woken by the worker's message; re-read every second anyway in case a message was missed.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(left, 1.0))
-            event.clear()
-            record = await _readable(request, job_id)
-    finally:
-        waiters.unregister(job_id, event)
-    return public(record)
-
-
-@router.delete("/api/v1/jobs/{job_id}", summary="Cancel a queued async prediction")
-async def cancel_job(job_id: str, request: Request) -> JSONResponse:
-    await _readable(request, job_id)
-    outcome = await request.app.state.redis.eval(CANCEL_LUA, 1, job_key(job_id), now())
-    outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
-    if outcome != "cancelled":
-        raise Conflict(f"Job '{job_id}' is {outcome or 'gone'}; only queued jobs can be cancelled", job_status=outcome)
-    await request.app.state.redis.zrem(UNBATCHED, job_id)
-    await request.app.state.redis.publish(DONE_CHANNEL, orjson.dumps([job_id]))
-    return JSONResponse(public(await _readable(request, job_id)))
-
-
-@router.get("/api/v1/services/{name}/jobs", summary="Recent async predictions of a service")
-async def list_jobs(
-    name: str,
-    request: Request,
-    status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")] = None,
-    limit: Limit = 50,
-    offset: Offset = 0,
-) -> dict[str, Any]:
-    client = request.app.state.redis
-    ids = [i.decode() for i in await client.zrevrange(service_jobs_key(name), 0, LIST_LIMIT)]
-    pipe = client.pipeline()
-    for job_id in ids:
-        pipe.hmget(job_key(job_id), "status")
-    statuses = [s[0].decode() if s and s[0] else None for s in await pipe.execute()]
-    matching = [i for i, s in zip(ids, statuses, strict=True) if s is not None and (status is None or s == status)]
-    page = matching[offset : offset + limit]
-    pipe = client.pipeline()
-    for job_id in page:
-        pipe.hgetall(job_key(job_id))
-    items = []
-    for raw in await pipe.execute():
-        if raw:
-            item = public(decode(raw))
-            item.pop("predictions", None)  # a listing stays small: fetch one job for its result
-            items.append(item)
-    return {"items": items, "total": len(matching), "limit": limit, "offset": offset}
+    async def list(self, service: str, status: str | None, limit: int, offset: int) -> dict[str, Any]:
+        client = self.redis
+        found = await client.zrevrange(service_jobs_key(service), 0, LIST_LIMIT)
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in found]
+        pipe = client.pipeline()
+        for job_id in ids:
+            pipe.hmget(job_key(job_id), "status")
+        statuses = [s[0].decode() if s and s[0] else None for s in await pipe.execute()]
+        matching = [i for i, s in zip(ids, statuses, strict=True) if s is not None and (status is None or s == status)]
+        page = matching[offset : offset + limit]
+        pipe = client.pipeline()
+        for job_id in page:
+            pipe.hgetall(job_key(job_id))
+        items = []
+        for raw in await pipe.execute():
+            if raw:
+                item = public(decode(raw))
+                item.pop("predictions", None)  # a listing stays small: fetch one job for its result
+                items.append(item)
+        return {"items": items, "total": len(matching), "limit": limit, "offset": offset}

@@ -49,7 +49,11 @@ def required_scope(method: str, path: str) -> tuple[KeyScope | None, str | None,
 
 
 class KeyCache:
-    """Verified keys by hash for `ttl` seconds; revocations clear it at once through registry events."""
+    """Verified keys by hash for `ttl` seconds; revocations clear it at once through registry events.
+
+    `clear()` starts a new generation: a verification that was in flight when it ran answers its own callers
+    but is not cached, and later callers verify afresh (else a key revoked meanwhile would stay cached).
+    """
 
     def __init__(self, verify: Callable[[str], Awaitable[Principal]], ttl: float = 30.0, size: int = 10_000) -> None:
         self._verify = verify
@@ -57,9 +61,12 @@ class KeyCache:
         self._size = size
         self._entries: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[Principal]] = {}
+        self._generation = 0
 
     def clear(self) -> None:
+        self._generation += 1
         self._entries.clear()
+        self._inflight.clear()
 
     async def principal(self, key: str) -> Principal:
         digest = hash_key(key)
@@ -73,11 +80,13 @@ class KeyCache:
             return await asyncio.shield(pending)
         future: asyncio.Future[Principal] = asyncio.get_running_loop().create_future()
         self._inflight[digest] = future
+        generation = self._generation
         try:
             principal = await self._verify(key)
-            self._entries[digest] = (now + self._ttl, principal)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
+            if generation == self._generation:
+                self._entries[digest] = (now + self._ttl, principal)
+                while len(self._entries) > self._size:
+                    self._entries.popitem(last=False)
             future.set_result(principal)
             return principal
         except BaseException as exc:
@@ -85,7 +94,8 @@ class KeyCache:
             future.exception()  # mark retrieved: nobody else may be waiting
             raise
         finally:
-            self._inflight.pop(digest, None)
+            if self._inflight.get(digest) is future:
+                del self._inflight[digest]
 
 
 class AuthMiddleware:
@@ -110,11 +120,18 @@ class AuthMiddleware:
 
     async def _authorise(self, scope: Scope, needed: KeyScope | None, service: str | None) -> Principal:
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
-        key = bearer_token(header)
-        if key is None:
-            raise Unauthorized("An API key is required: send 'Authorization: Bearer <key>'")
-        principal = await self.keys().principal(key)
-        if needed is not None and not principal.allows(needed, service):
-            what = f"the '{needed}' scope" + (f" for service '{service}'" if service and needed != "admin" else "")
-            raise Forbidden(f"This key lacks {what}")
-        return principal
+        return await authorise(self.keys(), header, needed, service)
+
+
+async def authorise(
+    keys: KeyCache, authorization: str | None, needed: KeyScope | None, service: str | None
+) -> Principal:
+    """The principal of an `Authorization` header that has `needed` (for `service`); 401/403 otherwise."""
+    key = bearer_token(authorization)
+    if key is None:
+        raise Unauthorized("An API key is required: send 'Authorization: Bearer <key>'")
+    principal = await keys.principal(key)
+    if needed is not None and not principal.allows(needed, service):
+        what = f"the '{needed}' scope" + (f" for service '{service}'" if service and needed != "admin" else "")
+        raise Forbidden(f"This key lacks {what}")
+    return principal

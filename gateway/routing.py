@@ -18,6 +18,8 @@ from shared.tasks import stop_task
 
 log = logging.getLogger(__name__)
 FALLBACK_REFRESH_SECONDS = 5.0
+MISS_REFRESH_SECONDS = 0.25
+"""A predict for a name the table lacks asks the registry at most this often (names come from URLs)."""
 
 
 @dataclass
@@ -47,6 +49,8 @@ class RoutingTable:
         self._dirty = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._refreshing: asyncio.Future[None] | None = None
+        self._refreshed_at = -1.0
         self.loaded = False
 
     def get(self, name: str) -> Route | None:
@@ -71,6 +75,24 @@ class RoutingTable:
             fresh[name] = route
         self.routes = fresh
         self.loaded = True
+
+    async def refresh_on_miss(self) -> None:
+        """A refresh for a route that was missing or had no replica: one call shared by every caller waiting,
+        none when the table was refreshed a moment ago; a failure leaves the table as it was."""
+        loop = asyncio.get_running_loop()
+        if self._refreshing is None:
+            if loop.time() - self._refreshed_at < MISS_REFRESH_SECONDS:
+                return
+            self._refreshing = asyncio.ensure_future(self._refresh_once())
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._refreshing)
+
+    async def _refresh_once(self) -> None:
+        try:
+            await self.refresh()
+        finally:
+            self._refreshed_at = asyncio.get_running_loop().time()
+            self._refreshing = None
 
     def invalidate(self) -> None:
         self._dirty.set()

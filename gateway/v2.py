@@ -5,7 +5,6 @@ Errors stay RFC 9457 problem+json and also carry the protocol's own `error` memb
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -15,7 +14,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, ORJSONResponse
 
 from gateway.routing import Route
-from gateway.services import SERVICE_IN_FLIGHT, SERVICE_LATENCY, SERVICE_REQUESTS, route_for, send_to_replicas
 from gateway.v2_codec import infer_response, model_metadata, records_from_infer, server_metadata
 from shared.errors import ModelServeError, NotFound, ValidationFailed, field_error
 
@@ -97,28 +95,14 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference on a version", response_class=ORJSONResponse)
 @_v2_errors
 async def infer(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
-    start, status = time.perf_counter(), 500
-    SERVICE_IN_FLIGHT.labels(name).inc()
+    # Through the data plane: admission, metrics and the coalescer, as REST predict.
+    plane = request.app.state.dataplane
+    principal = getattr(request.state, "principal", None)
+    signature = _signature(await plane.metadata(name, version))
     try:
-        route = await route_for(request.app.state.routing, name)
-        _check_version(route, version)
-        signature = _signature(route)
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as exc:
-            raise ValidationFailed("Invalid JSON", errors=[field_error("body", f"not valid JSON: {exc}")]) from exc
-        decoded = records_from_infer(body, signature)
-        payload = orjson.dumps({"inputs": decoded.records})
-        answer = await send_to_replicas(request, route, "/predict", payload, "application/json")
-        data = orjson.loads(answer.body)
-        if answer.status_code >= 400:
-            raise ModelServeError.from_problem(data, answer.status_code)
-        status = 200
-        return infer_response(name, data["version"], decoded, data["predictions"], signature)
-    except ModelServeError as err:
-        status = err.status
-        raise
-    finally:
-        SERVICE_IN_FLIGHT.labels(name).dec()
-        SERVICE_REQUESTS.labels(name, str(status)).inc()
-        SERVICE_LATENCY.labels(name).observe(time.perf_counter() - start)
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise ValidationFailed("Invalid JSON", errors=[field_error("body", f"not valid JSON: {exc}")]) from exc
+    decoded = records_from_infer(body, signature)
+    data = await plane.infer(name, version, decoded.records, principal)
+    return infer_response(name, data["version"], decoded, data["predictions"], signature)

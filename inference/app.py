@@ -174,14 +174,18 @@ def _add_pinned_routes(app: FastAPI, pinned: Pinned) -> None:
         if state.ref is None:
             raise ServiceUnavailable(state.error or "The model is still loading", headers={"Retry-After": "1"})
         try:
-            bodies = orjson.loads(await request.body())["requests"]
+            payload = orjson.loads(await request.body())
+            bodies = payload["requests"]
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise BadRequest("Expected {'requests': [...]}") from exc
-        state.requests += len(bodies)
-        ref = state.ref
-
         if not isinstance(bodies, list):
             raise BadRequest("Expected {'requests': [...]}")
+        # Each request's own id (the batch has one of its own): a failure is logged under its caller's id.
+        request_ids = payload.get("request_ids")
+        if not isinstance(request_ids, list) or len(request_ids) != len(bodies):
+            request_ids = [None] * len(bodies)
+        state.requests += len(bodies)
+        ref = state.ref
         parsed: list[list[dict[str, Any]] | Exception] = []
         for body in bodies:
             try:
@@ -190,12 +194,13 @@ def _add_pinned_routes(app: FastAPI, pinned: Pinned) -> None:
                 parsed.append(err)
         results = await app.state.predictor.predict_many(ref, parsed)
         responses = []
-        for result in results:
+        for result, request_id in zip(results, request_ids, strict=True):
             if isinstance(result, Exception):
                 if isinstance(result, ModelServeError):
                     failure = result
                 else:  # not one of ours: logged here, a generic 500 for that caller alone
-                    log.error("predict failed on %s", pinned.service, exc_info=result)
+                    extra = {"request_id": str(request_id)} if request_id else {}
+                    log.error("predict failed on %s", pinned.service, exc_info=result, extra=extra)
                     failure = ModelServeError("The prediction failed")
                 responses.append({"status": failure.status, "body": failure.to_problem("/predict")})
                 continue

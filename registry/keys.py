@@ -12,7 +12,7 @@ from registry.database import SessionDep
 from registry.events import publish_event
 from registry.tables import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, utcnow
 from shared.auth import Principal, generate_key, hash_key
-from shared.errors import NotFound, Unauthorized
+from shared.errors import Conflict, NotFound, Unauthorized
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,11 +94,24 @@ def get_key(key_id: str, session: SessionDep) -> ApiKey:
     return row
 
 
-@router.delete("/{key_id}", status_code=204, summary="Revoke an API key")
+def _other_active_admins(session: Session, key_id: str) -> int:
+    active = session.exec(select(ApiKey).where(col(ApiKey.revoked_at).is_(None), ApiKey.id != key_id)).all()
+    return sum(1 for row in active if "admin" in row.scopes)
+
+
+@router.delete(
+    "/{key_id}",
+    status_code=204,
+    summary="Revoke an API key",
+    responses={409: {"description": "The last active admin key cannot be revoked"}},
+)
 async def revoke_key(key_id: str, session: SessionDep, request: Request) -> Response:
     row = session.get(ApiKey, key_id)
     if row is None or row.revoked_at is not None:
         raise NotFound(f"API key '{key_id}' does not exist or is already revoked")
+    if "admin" in row.scopes and _other_active_admins(session, key_id) == 0:
+        # Nobody could manage keys any more (until an operator restarts with a new MODELSERVE_ADMIN_KEY).
+        raise Conflict(f"API key '{key_id}' is the last active admin key; create another admin key first")
     row.revoked_at = utcnow()
     session.add(row)
     session.commit()

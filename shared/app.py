@@ -34,12 +34,19 @@ def _clean_request_id(raw: str | None) -> str:
     return f"{random.getrandbits(128):032x}"
 
 
+QUIET_PATHS = ("/health/", "/metrics")
+"""Probes and scrapes: polled all day, neither logged nor counted as traffic."""
+ROUTE_HEADER = b"x-modelserve-route"
+"""An internal process's answer names the route template that matched (the gateway counts under it)."""
+
+
 class RequestContextMiddleware:
     """Honours or generates `X-Request-ID`, returns it, and writes one access-log line per request."""
 
-    def __init__(self, app: ASGIApp, quiet_paths: tuple[str, ...] = ("/health/", "/metrics")) -> None:
+    def __init__(self, app: ASGIApp, quiet_paths: tuple[str, ...] = QUIET_PATHS, name_route: bool = False) -> None:
         self.app = app
         self.quiet_paths = quiet_paths
+        self.name_route = name_route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,6 +64,9 @@ class RequestContextMiddleware:
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                template = getattr(scope.get("route"), "path", None) if self.name_route else None
+                if template:
+                    message["headers"].append((ROUTE_HEADER, template.encode("latin-1", "replace")))
             await send(message)
 
         try:
@@ -124,6 +134,16 @@ class InternalTokenMiddleware:
         await self.app(scope, receive, send)
 
 
+class UserTrafficMetrics(MetricsMiddleware):
+    """`MetricsMiddleware` for user traffic: probes and scrapes (`QUIET_PATHS`) are not counted."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(QUIET_PATHS):
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def instrument_app(
     app: FastAPI, process: str, checks: Mapping[str, ReadyCheck], *, internal_token: str | None = None
 ) -> FastAPI:
@@ -137,6 +157,7 @@ def instrument_app(
 
     if internal_token:
         app.add_middleware(InternalTokenMiddleware, token=internal_token)
-    app.add_middleware(MetricsMiddleware, process=process)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(UserTrafficMetrics, process=process)
+    # Internal processes name their route templates for the gateway's metrics (the public gateway does not).
+    app.add_middleware(RequestContextMiddleware, name_route=process != "gateway")
     return app

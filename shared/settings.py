@@ -206,6 +206,27 @@ class Settings(BaseSettings):
     log_json: bool | None = None
     """JSON logs; by default JSON when stderr is not a TTY."""
 
+    # --- gw ---
+
+    gateway_max_predict_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    """Largest body a predict (JSON or file) may send through the gateway; bigger answers 413."""
+
+    gateway_max_infer_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    """Largest body of a V2 infer request (tensors can be bigger than records); bigger answers 413."""
+
+    gateway_max_job_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    """Largest body of an async job submission; bigger answers 413."""
+
+    gateway_max_test_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    """Largest body of a model test (JSON records or a CSV/JSON file); bigger answers 413."""
+
+    gateway_max_json_bytes: int = Field(default=1024 * 1024, ge=1)
+    """Largest body of every other JSON call through the gateway (keys, services, jobs definitions)."""
+
+    gateway_service_max_in_flight: int = Field(default=512, ge=1)
+    """Predicts (REST, V2) one service may have in flight in one gateway process; beyond it the gateway answers
+    429 with Retry-After at once instead of queueing (load shedding: a client backs off, the replicas keep up)."""
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:

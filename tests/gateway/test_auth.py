@@ -91,3 +91,32 @@ async def test_gateway_metrics_count_rejections(gateway: httpx.AsyncClient) -> N
     await gateway.get("/api/v1/keys")
     text = (await gateway.get("/metrics")).text
     assert 'status="401"' in text and "modelserve_queue_depth" in text
+
+
+async def test_the_last_active_admin_key_cannot_be_revoked(
+    gateway: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    refused = await gateway.delete("/api/v1/keys/admin", headers=admin_headers)
+    assert refused.status_code == 409 and refused.headers["content-type"] == "application/problem+json"
+    assert "last active admin key" in refused.json()["detail"]
+    assert (await gateway.get("/api/v1/keys", headers=admin_headers)).status_code == 200  # still in
+    other = await _new_key(gateway, admin_headers, scopes=["admin"])
+    other_headers = {"Authorization": f"Bearer {other['key']}"}
+    assert (await gateway.delete("/api/v1/keys/admin", headers=other_headers)).status_code == 204
+    assert (await gateway.delete(f"/api/v1/keys/{other['id']}", headers=other_headers)).status_code == 409
+
+
+async def test_forwarded_requests_are_counted_under_the_registrys_route_and_probes_not_at_all(
+    gateway: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    created = await _new_key(gateway, admin_headers, scopes=["predict"])
+    assert (await gateway.get(f"/api/v1/keys/{created['id']}", headers=admin_headers)).status_code == 200
+    for path in ("/health/live", "/health/ready", "/metrics"):
+        await gateway.get(path)
+    text = (await gateway.get("/metrics")).text
+    gateway_samples = [line for line in text.splitlines() if 'process="gateway"' in line]
+    assert any('route="/api/v1/keys/{key_id}"' in line and 'status="200"' in line for line in gateway_samples)
+    assert any('route="/api/v1/keys"' in line and 'method="POST"' in line for line in gateway_samples)
+    assert not [line for line in gateway_samples if 'route="/api/v1/{path:path}"' in line]
+    assert not [line for line in text.splitlines() if 'route="/health/' in line or 'route="/metrics"' in line]
+    assert "x-modelserve-route" not in (await gateway.get("/api/v1/keys", headers=admin_headers)).headers

@@ -150,7 +150,7 @@ async def test_concurrent_predicts_are_coalesced_each_with_its_own_answer(
     assert broken.status_code == 422 and broken.json()["errors"][0]["field"] == "body"
 
 
-async def test_fast_lane_is_counted_traced_and_checked_like_any_request(
+async def test_hot_path_is_counted_traced_and_checked_like_any_request(
     gateway: httpx.AsyncClient, servers: tuple[str, str, str], routes: dict[str, Any], calls: list[str]
 ) -> None:
     routes["s"] = _route([servers[0]])
