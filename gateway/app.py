@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.core import Metric
 
-from gateway import async_jobs, services, v2
+from gateway import async_jobs, services, v2, v2_grpc
 from gateway.auth import AuthMiddleware, KeyCache
 from gateway.fastlane import FastLane
 from gateway.openapi import OpenApiMerger
@@ -54,9 +54,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.stopping = asyncio.Event()
         listener = asyncio.create_task(_listen_events(app))
         mark_process_up("gateway")
+        grpc_server = await v2_grpc.start_server(app, settings)
         try:
             yield
         finally:
+            await v2_grpc.stop_server(grpc_server)
             app.state.stopping.set()
             await stop_task(listener)
             await app.state.coalescer.close()

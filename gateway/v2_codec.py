@@ -123,9 +123,13 @@ def _output_specs(model: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "statistics")
+"""The protocol extensions the gateway serves (Triton's names for them)."""
+
+
 def server_metadata(version: str) -> dict[str, Any]:
-    """`GET /v2`: the server's name, version and protocol extensions (none)."""
-    return {"name": "modelserve", "version": version, "extensions": []}
+    """`GET /v2`: the server's name, version and protocol extensions."""
+    return {"name": "modelserve", "version": version, "extensions": list(EXTENSIONS)}
 
 
 def model_metadata(name: str, version: int, model: dict[str, Any]) -> dict[str, Any]:
@@ -171,6 +175,20 @@ def _flat(data: Any) -> Iterator[Any]:
         yield data
 
 
+def _castable(received: Any, want: str) -> bool:
+    """Whether data sent as `received` may feed an input of `want`: the casts clients expect (FP64 into FP32,
+    INT32 into INT64, integers into floats, integral floats into integers); each element is checked after."""
+    if received == want:
+        return True
+    numbers = _FLOATS | frozenset(_INT_RANGES)
+    return received in numbers and want in numbers
+
+
+_FLOAT_MAX = {"FP16": 65504.0, "BF16": 3.3895313892515355e38, "FP32": 3.4028234663852886e38}
+_EXACT_INTS = {"FP16": 2**11, "BF16": 2**8, "FP32": 2**24, "FP64": 2**53}
+"""Largest magnitude up to which every integer is exact in each float type."""
+
+
 def _element(value: Any, datatype: str, nullable: bool) -> Any:
     if value is None:
         if nullable or datatype in _FLOATS:  # a missing value: PMML's own treatment, NaN for ONNX floats
@@ -187,15 +205,31 @@ def _element(value: Any, datatype: str, nullable: bool) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Bad(f"expected a number ({datatype})")
     if datatype in _FLOATS:
+        if isinstance(value, int) and abs(value) > _EXACT_INTS[datatype] and _rounds(value, datatype):
+            raise _Bad(f"{value} is not exact in {datatype}: the cast would lose the integer")
+        if math.isfinite(value) and abs(value) > _FLOAT_MAX.get(datatype, math.inf):
+            raise _Bad(f"{value} overflows {datatype}")
         return float(value)
     if isinstance(value, float):
         if not value.is_integer():
-            raise _Bad(f"expected an integer ({datatype})")
+            raise _Bad(f"expected an integer ({datatype}): the cast would lose the fraction")
         value = int(value)
     low, high = _INT_RANGES[datatype]
     if not low <= value <= high:
         raise _Bad(f"out of range for {datatype}")
     return value
+
+
+def _rounds(value: int, datatype: str) -> bool:
+    """Whether the integer changes when stored as `datatype` (only asked past the exact range)."""
+    if datatype == "FP64":
+        try:
+            return int(float(value)) != value
+        except OverflowError:
+            return True
+    bits = {"FP32": 24, "BF16": 8, "FP16": 11}[datatype]
+    magnitude = abs(value)
+    return magnitude >> max(0, magnitude.bit_length() - bits) << max(0, magnitude.bit_length() - bits) != magnitude
 
 
 def _nest(flat: list[Any], dims: list[int]) -> list[Any]:
@@ -218,8 +252,8 @@ def _decode_input(
     """One request input as (batch size, per-record values); appends an error and returns None if bad."""
     want = v2_datatype(fmt, spec["data_type"])
     datatype, shape, data = item.get("datatype"), item.get("shape"), item.get("data")
-    if datatype != want:
-        message = "datatype does not match the model's input" if datatype in DATATYPES else "unknown datatype"
+    if not _castable(datatype, want):
+        message = "datatype does not fit the model's input" if datatype in DATATYPES else "unknown datatype"
         errors.append(field_error(f"{loc}.datatype", message, expected=want, received=datatype))
         return None
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
@@ -258,9 +292,9 @@ def _decode_input(
     flat: list[Any] = []
     for j, value in enumerate(_flat(data)):
         try:
-            flat.append(_element(value, datatype, nullable=fmt == "pmml"))
+            flat.append(_element(value, want, nullable=fmt == "pmml"))
         except _Bad as bad:
-            errors.append(field_error(f"{loc}.data", f"element {j}: {bad}", expected=datatype, received=value))
+            errors.append(field_error(f"{loc}.data", f"element {j}: {bad}", expected=want, received=value))
             return None
     if len(shape) == 1 or (scalar and len(shape) == 2):
         return shape[0], flat
