@@ -220,6 +220,22 @@ def _element(value: Any, datatype: str, nullable: bool) -> Any:
     return value
 
 
+def _checked_at_once(data: list[Any], want: str) -> list[Any] | None:
+    """`data` as `_element` would return it, checked by type in one pass when every element is of the common
+    kind (floats for a float input, ints for an integer one); None when the slow per-element path must say why."""
+    if want in _FLOATS:
+        if all(type(v) is float for v in data):
+            limit = _FLOAT_MAX.get(want)
+            if limit is not None and any(abs(v) > limit for v in data):
+                return None  # an infinity is fine, an overflow is not: the element check tells them apart
+            return data
+        return None
+    if want in _INT_RANGES and data and all(type(v) is int for v in data):
+        low, high = _INT_RANGES[want]
+        return data if low <= min(data) and max(data) <= high else None
+    return None
+
+
 def _rounds(value: int, datatype: str) -> bool:
     """Whether the integer changes when stored as `datatype` (only asked past the exact range)."""
     if datatype == "FP64":
@@ -277,11 +293,18 @@ def _decode_input(
         return None
     if not isinstance(data, list):
         binary = isinstance(item.get("parameters"), dict) and "binary_data_size" in item["parameters"]
-        message = "binary tensor data is not supported: send JSON data" if binary else "expected a JSON array"
+        message = (
+            f"binary_data_size without the {'Inference-Header-Content-Length'} header: no binary data was sent"
+            if binary
+            else "expected a JSON array"
+        )
         errors.append(field_error(f"{loc}.data", message, received=None if binary else data))
         return None
+    # Flat data (what binary tensors, gRPC and most clients send) skips the walk over nested lists; a list
+    # hidden among its elements is still refused, as an element that is no number.
+    is_flat = not data or not isinstance(data[0], list)
     try:
-        count = math.prod(_shape_of(data))
+        count = len(data) if is_flat else math.prod(_shape_of(data))
     except ValueError as exc:
         errors.append(field_error(f"{loc}.data", str(exc), expected=shape))
         return None
@@ -289,13 +312,15 @@ def _decode_input(
         message = f"shape {shape} holds {math.prod(shape)} elements, the data has {count}"
         errors.append(field_error(f"{loc}.data", message, expected=math.prod(shape), received=count))
         return None
-    flat: list[Any] = []
-    for j, value in enumerate(_flat(data)):
-        try:
-            flat.append(_element(value, want, nullable=fmt == "pmml"))
-        except _Bad as bad:
-            errors.append(field_error(f"{loc}.data", f"element {j}: {bad}", expected=want, received=value))
-            return None
+    flat = _checked_at_once(data, want) if is_flat else None
+    if flat is None:
+        flat = []
+        for j, value in enumerate(data if is_flat else _flat(data)):
+            try:
+                flat.append(_element(value, want, nullable=fmt == "pmml"))
+            except _Bad as bad:
+                errors.append(field_error(f"{loc}.data", f"element {j}: {bad}", expected=want, received=value))
+                return None
     if len(shape) == 1 or (scalar and len(shape) == 2):
         return shape[0], flat
     return shape[0], _nest(flat, shape)
@@ -373,6 +398,12 @@ def _requested_outputs(outputs: Any, known: list[str], errors: list[dict[str, An
             errors.append(field_error(f"outputs[{i}].name", message, expected=known, received=name))
         else:
             names.append(name)
+        parameters = item.get("parameters") if isinstance(item, dict) else None
+        if isinstance(parameters, dict) and parameters.get("classification"):
+            # Triton's classification extension ("score:index:label" strings): not served; the label and
+            # probabilities outputs carry the same answer. Refused rather than silently ignored.
+            message = "the classification extension is not supported: ask for the label and probabilities outputs"
+            errors.append(field_error(f"outputs[{i}].parameters.classification", message))
     return names
 
 
@@ -415,7 +446,9 @@ def _probabilities(values: list[Any], class_labels: list[Any] | None) -> dict[st
     classes = list(class_labels or [])
     keys = {str(c) for c in classes}
     classes += [k for k in dict.fromkeys(k for p in values for k in p or {}) if k not in keys]  # classes found
-    data = [(p or {}).get(str(c)) for p in values for c in classes]
+    names = [str(c) for c in classes]
+    empty: dict[str, Any] = {}
+    data = [(p or empty).get(name) for p in values for name in names]
     return {"shape": [len(values), len(classes)], "datatype": "FP64", "parameters": {"classes": classes}, "data": data}
 
 

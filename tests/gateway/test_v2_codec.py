@@ -317,6 +317,11 @@ def _onnx(**changes: Any) -> dict[str, Any]:
         ({**_onnx(), "outputs": "label"}, ONNX_CLASSIFIER, "outputs"),
         ({**_onnx(), "outputs": [{"name": "label"}, {"name": "proba"}]}, ONNX_CLASSIFIER, "outputs[1].name"),
         ({**_onnx(), "outputs": [{"name": "label"}, {"name": "label"}]}, ONNX_CLASSIFIER, "outputs[1].name"),
+        (
+            {**_onnx(), "outputs": [{"name": "label", "parameters": {"classification": 3}}]},
+            ONNX_CLASSIFIER,
+            "outputs[0].parameters.classification",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(body: Any, model: dict[str, Any], field: str) -> None:
