@@ -10,10 +10,21 @@ same `float32[10000, 4]` array sent by the real clients a Triton user has, with 
 
 Cases interleave round by round (`bench.common.measure`); rows/s at the median call. Targets (issue 12):
 binary and gRPC ≥ 0.5× bare; JSON is reported for information.
+
+Then one record per call at concurrency 32, closed loop from a separate process: gRPC `ModelInfer` (this
+module's `--grpc-load`, grpc.aio) against the REST fast return `POST /api/v1/services/{name}/predict`
+(`bench.endpoint.run_load`). Target: gRPC req/s ≥ 1.0× the fast return.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +34,7 @@ import numpy as np
 from bench.common import (
     BATCH_ROWS,
     INFO,
+    REPO_ROOT,
     Budget,
     Case,
     ModelFiles,
@@ -34,11 +46,12 @@ from bench.common import (
     run_async,
     throughputs,
 )
-from bench.endpoint import EndpointError, modelserve_platform
+from bench.endpoint import IRIS, EndpointError, modelserve_platform, run_load
 from bench.services import deploy_service, upload_model
 
 SERVICE = "iris-v2"
 TARGET = Target("min", 0.5)
+CONCURRENCY = 32
 
 
 def run(files: ModelFiles, budget: Budget, work_dir: Path) -> SectionResult:
@@ -99,6 +112,9 @@ def run(files: ModelFiles, budget: Budget, work_dir: Path) -> SectionResult:
             )
             http.close()
             grpc.close()
+            rest_load = run_load(f"{platform.url}/api/v1/services/{SERVICE}/predict", {"inputs": {"X": IRIS}}, auth,
+                                 CONCURRENCY, budget)  # fmt: skip
+            grpc_load = _run_grpc_load(f"127.0.0.1:{grpc_port}", auth["Authorization"], budget)
     except EndpointError as exc:
         result.error = str(exc)
         return result
@@ -122,6 +138,10 @@ def run(files: ModelFiles, budget: Budget, work_dir: Path) -> SectionResult:
         )
         for key, (what, target) in labels.items()
     ]
+    result.rows.append(
+        Row("ONNX iris RF, 1 replica", f"gRPC ModelInfer, 1 record, c={CONCURRENCY}", "req/s", grpc_load["rps"],
+            "REST fast return, same load", rest_load["rps"], Target("min", 1.0), {"grpc": grpc_load, "rest": rest_load})
+    )  # fmt: skip
     result.notes += [
         "Ratio = modelserve / bare: the V2 path adds the client's encoding, auth, the gateway's decoding into "
         "records, the hop to the replica (JSON) and the encoding back.",
@@ -129,3 +149,66 @@ def run(files: ModelFiles, budget: Budget, work_dir: Path) -> SectionResult:
     ]
     result.meta.update({"rows": BATCH_ROWS, "grpc_port": grpc_port})
     return result
+
+
+def _run_grpc_load(target: str, authorization: str, budget: Budget) -> dict[str, Any]:
+    """`--grpc-load` in its own process (as `bench.loadgen` is for HTTP); its JSON result."""
+    argv = [sys.executable, "-m", "bench.v2_transports", "--grpc-load", target, "--concurrency", str(CONCURRENCY)]
+    argv += ["--duration", str(budget.load_duration_s), "--warmup", str(budget.load_warmup_s)]
+    env = {**os.environ, "BENCH_AUTHORIZATION": authorization}
+    timeout = budget.load_duration_s + budget.load_warmup_s + 60
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise EndpointError(f"gRPC load generator failed ({done.returncode}): {done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    if not result["requests"]:
+        raise EndpointError(f"no successful gRPC request: {result.get('first_error')}")
+    return result
+
+
+async def _grpc_load(target: str, concurrency: int, duration: float, warmup: float) -> dict[str, Any]:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name=SERVICE)
+    request.inputs.add(name="X", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(np.asarray([IRIS], dtype=np.float32).tobytes())
+    metadata = (("authorization", os.environ["BENCH_AUTHORIZATION"]),)
+    latencies: list[float] = []
+    errors: list[str] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        start = time.perf_counter()
+        measure_from, end = start + warmup, start + warmup + duration
+
+        async def client() -> None:
+            while (now := time.perf_counter()) < end:
+                try:
+                    await stub.ModelInfer(request, metadata=metadata)
+                except grpc.aio.AioRpcError as exc:
+                    errors.append(str(exc.code()))
+                    continue
+                if now >= measure_from:
+                    latencies.append(time.perf_counter() - now)
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    latencies.sort()
+    pick = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3) if latencies else None
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / duration,
+        "p50_ms": pick(0.5) if pick else None,
+        "p99_ms": pick(0.99) if pick else None,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.v2_transports")
+    parser.add_argument("--grpc-load", required=True, help="host:port of the gRPC server")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(_grpc_load(args.grpc_load, args.concurrency, args.duration, args.warmup))))

@@ -44,6 +44,12 @@ _INFER_DOC: dict[str, Any] = {
 }
 
 
+def _json_body(properties: dict[str, Any]) -> dict[str, Any]:
+    """An optional JSON request body of these properties, for the OpenAPI document."""
+    schema = {"type": "object", "properties": properties}
+    return {"requestBody": {"required": False, "content": {"application/json": {"schema": schema}}}}
+
+
 def check_version(route: Route, version: str | None) -> None:
     if version not in (None, "") and str(route.version) != version:
         raise NotFound(f"Service '{route.name}' serves version {route.version}, not {version}")
@@ -197,8 +203,8 @@ async def infer_route(request: Request, name: str, version: str | None = None) -
     return Response(content, media_type=media, headers=headers)
 
 
-@router.post("/repository/index", summary="Model repository index", openapi_extra={"requestBody": {"content": {
-    "application/json": {"schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}}})  # fmt: skip
+@router.post("/repository/index", summary="Model repository index", openapi_extra=_json_body(
+    {"ready": {"type": "boolean", "description": "only the models ready to serve"}}))  # fmt: skip
 async def repository_index(request: Request) -> list[dict[str, Any]]:
     raw = await request.body()
     body = v2_binary.split_request(raw, None) if raw.strip() else {}
@@ -213,13 +219,21 @@ async def _parameters(request: Request) -> Any:
     return body.get("parameters") if isinstance(body, dict) else None
 
 
-@router.post("/repository/models/{name}/load", summary="Load a model: start its service and wait until it serves")
+@router.post(
+    "/repository/models/{name}/load",
+    summary="Load a model: start its service and wait until it serves",
+    openapi_extra=_json_body({"parameters": {"type": "object"}}),
+)
 async def repository_load(request: Request, name: str) -> dict[str, Any]:
     await v2_repository.load(request.app, name, await _parameters(request), principal_of(request))
     return {}
 
 
-@router.post("/repository/models/{name}/unload", summary="Unload a model: pause its service")
+@router.post(
+    "/repository/models/{name}/unload",
+    summary="Unload a model: pause its service",
+    openapi_extra=_json_body({"parameters": {"type": "object"}}),
+)
 async def repository_unload(request: Request, name: str) -> dict[str, Any]:
     await _parameters(request)
     await v2_repository.unload(request.app, name, principal_of(request))
