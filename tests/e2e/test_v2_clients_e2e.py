@@ -47,7 +47,9 @@ def v2(tmp_path_factory: pytest.TempPathFactory, onnx_models: dict[str, Path]) -
     """One platform for the module (starting one is the slow part): an ONNX and a PMML service, gRPC on."""
     tmp = tmp_path_factory.mktemp("v2")
     grpc_port = free_port()
-    platform = start_platform(tmp / "data", tmp / "up.log", env={"MODELSERVE_GRPC_PORT": str(grpc_port)})
+    # A generous internal timeout: a PMML upload cross-checks engines in a JVM, slow on a loaded machine.
+    env = {"MODELSERVE_GRPC_PORT": str(grpc_port), "MODELSERVE_REQUEST_TIMEOUT_SECONDS": "180"}
+    platform = start_platform(tmp / "data", tmp / "up.log", env=env)
     try:
         headers = {"Authorization": f"Bearer {platform.admin_key}"}
         with httpx.Client(base_url=platform.url, headers=headers, timeout=60) as admin:
