@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from shared.errors import ValidationFailed, field_error
 
 _INT_RANGES = {f"INT{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (8, 16, 32, 64)} | {
@@ -226,7 +228,7 @@ def _checked_at_once(data: list[Any], want: str) -> list[Any] | None:
     if want in _FLOATS:
         if all(type(v) is float for v in data):
             limit = _FLOAT_MAX.get(want)
-            if limit is not None and any(abs(v) > limit for v in data):
+            if limit is not None and bool(np.any(np.abs(np.asarray(data, dtype=np.float64)) > limit)):
                 return None  # an infinity is fine, an overflow is not: the element check tells them apart
             return data
         return None

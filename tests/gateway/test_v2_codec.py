@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import json
 from pathlib import Path
 from typing import Any
@@ -626,6 +627,7 @@ def test_a_float32_frame_feeds_a_pmml_model_of_doubles() -> None:
         (ONNX_INT32, "INT64", [2**31, 0, 0, 0], "out of range for INT32"),
         (ONNX_INT64, "UINT64", [2**63, 0, 0, 0], "out of range for INT64"),
         (ONNX_CLASSIFIER, "FP64", [1e39, 0, 0, 0], "overflows FP32"),
+        (ONNX_CLASSIFIER, "FP64", [0.5, float("nan"), -1e39, 0.0], "overflows FP32"),  # all floats: one pass
         (ONNX_CLASSIFIER, "INT64", [2**24 + 1, 0, 0, 0], "would lose the integer"),
         (ONNX_CLASSIFIER, "BOOL", [True, False, True, False], "datatype does not fit"),
     ],
@@ -639,6 +641,11 @@ def test_a_cast_that_loses_or_overflows_is_a_422_naming_the_field(
     assert errors[0]["field"] in ("inputs[0].data", "inputs[0].datatype")
     assert message in errors[0]["message"]
     assert errors[0]["expected"] == model_metadata("m", 1, model)["inputs"][0]["datatype"]
+
+
+def test_infinities_and_nan_are_floats_not_overflows() -> None:
+    body = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP64", "data": [math.inf, -math.inf, 1.0, 2.0]}]}
+    assert records_from_infer(body, ONNX_CLASSIFIER).records[0]["X"][:2] == [math.inf, -math.inf]
 
 
 def test_an_exact_large_integer_still_fits_a_float() -> None:
