@@ -19,7 +19,8 @@ from starlette.requests import Request as StarletteRequest
 from gateway import v2_binary, v2_repository, v2_stats
 from gateway.routing import Route
 from gateway.services import SERVICE_IN_FLIGHT, SERVICE_LATENCY, SERVICE_REQUESTS, route_for, send_to_replicas
-from gateway.v2_codec import infer_response, model_metadata, records_from_infer, server_metadata
+from gateway.v2_codec import model_metadata, records_from_infer, server_metadata
+from gateway.v2_outputs import infer_response
 from shared.auth import Principal
 from shared.errors import ModelServeError, NotFound
 

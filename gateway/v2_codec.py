@@ -1,4 +1,4 @@
-"""Open Inference Protocol (KServe V2) over JSON: metadata, request decoding, response encoding.
+"""Open Inference Protocol (KServe V2) over JSON: metadata and request decoding (answers: `gateway.v2_outputs`).
 
 Pure functions, no I/O. `model` is the registry's version JSON (a `ModelDescription` dump). Requests are
 checked strictly and turned into the records runtimes take (`inference.validation`); responses are built
@@ -12,27 +12,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from gateway.v2_casts import DATATYPES, INT_RANGES, Bad, castable, checked_at_once, element
 from shared.errors import ValidationFailed, field_error
 
-_INT_RANGES = {f"INT{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (8, 16, 32, 64)} | {
-    f"UINT{b}": (0, 2**b - 1) for b in (8, 16, 32, 64)
-}
-_FLOATS = frozenset({"FP16", "FP32", "FP64", "BF16"})
-DATATYPES = frozenset(_INT_RANGES) | _FLOATS | {"BOOL", "BYTES"}
 _ONNX_TYPES = {"float": "FP32", "double": "FP64", "float16": "FP16", "bfloat16": "BF16", "bool": "BOOL"} | {
-    name.lower(): name for name in _INT_RANGES
+    name.lower(): name for name in INT_RANGES
 }
 _PMML_TYPES = {"double": "FP64", "float": "FP32", "integer": "INT64", "boolean": "BOOL"}
 # Which normalised keys of a prediction become V2 outputs, by function type; the rest answer raw tensors.
-_NORMALISED = {
+NORMALISED = {
     "classification": ("label", "probabilities"),
     "regression": ("value",),
     "clustering": ("cluster", "distances", "affinities"),
     "dimensionality_reduction": ("components",),
 }
-_MATRICES = frozenset({"distances", "affinities", "components"})
+MATRICES = frozenset({"distances", "affinities", "components"})
 
 
 @dataclass
@@ -43,10 +37,6 @@ class InferRequest:
     records: list[dict[str, Any]]
     requested_outputs: list[str] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
-
-
-class _Bad(Exception):
-    pass
 
 
 def v2_datatype(model_format: str, data_type: str) -> str:
@@ -66,7 +56,7 @@ def _dims(shape: list[Any] | None) -> list[int]:
     return [-1] + [d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else -1 for d in shape[1:]]
 
 
-def _datatype_of(values: list[Any]) -> str:
+def datatype_of(values: list[Any]) -> str:
     present = [v for v in values if v is not None]
     if present and all(isinstance(v, bool) for v in present):
         return "BOOL"
@@ -82,7 +72,7 @@ def _label_datatype(model: dict[str, Any], key: str) -> str:
     if targets and key == "label":
         return v2_datatype(fmt, targets[0].get("data_type", "string"))
     if key == "label" and model.get("class_labels"):
-        return _datatype_of(list(model["class_labels"]))
+        return datatype_of(list(model["class_labels"]))
     if fmt == "onnx":  # the graph's label output (int64 for skl2onnx classifiers and KMeans)
         for spec in model.get("outputs") or []:
             if spec.get("data_type") in ("int64", "int32", "string"):
@@ -99,7 +89,7 @@ def _onnx_matrix_width(model: dict[str, Any]) -> int | None:
     return None
 
 
-def _output_specs(model: dict[str, Any]) -> list[dict[str, Any]]:
+def output_specs(model: dict[str, Any]) -> list[dict[str, Any]]:
     fmt, function_type = model.get("format", "pmml"), model.get("function_type")
     if function_type == "classification":
         classes = model.get("class_labels")
@@ -151,11 +141,11 @@ def model_metadata(name: str, version: int, model: dict[str, Any]) -> dict[str, 
         "versions": [str(version)],
         "platform": platform,
         "inputs": inputs,
-        "outputs": _output_specs(model),
+        "outputs": output_specs(model),
     }
 
 
-def _shape_of(data: Any, depth: int = 0) -> tuple[int, ...]:
+def shape_of(data: Any, depth: int = 0) -> tuple[int, ...]:
     """Dimensions of (possibly nested) tensor data; ValueError if ragged or an element is an object."""
     if isinstance(data, dict):
         raise ValueError("an element is an object")
@@ -163,91 +153,18 @@ def _shape_of(data: Any, depth: int = 0) -> tuple[int, ...]:
         return ()
     if depth > 32:  # a JSON parser allows deeper nesting than Python's recursion limit
         raise ValueError("nested too deeply")
-    inner = {_shape_of(item, depth + 1) for item in data}
+    inner = {shape_of(item, depth + 1) for item in data}
     if len(inner) > 1:
         raise ValueError("nested lists of different lengths")
     return (len(data), *(inner.pop() if inner else ()))
 
 
-def _flat(data: Any) -> Iterator[Any]:
+def flatten(data: Any) -> Iterator[Any]:
     if isinstance(data, list):
         for item in data:
-            yield from _flat(item)
+            yield from flatten(item)
     else:
         yield data
-
-
-def _castable(received: Any, want: str) -> bool:
-    """Whether data sent as `received` may feed an input of `want`: the casts clients expect (FP64 into FP32,
-    INT32 into INT64, integers into floats, integral floats into integers); each element is checked after."""
-    if received == want:
-        return True
-    numbers = _FLOATS | frozenset(_INT_RANGES)
-    return received in numbers and want in numbers
-
-
-_FLOAT_MAX = {"FP16": 65504.0, "BF16": 3.3895313892515355e38, "FP32": 3.4028234663852886e38}
-_EXACT_INTS = {"FP16": 2**11, "BF16": 2**8, "FP32": 2**24, "FP64": 2**53}
-"""Largest magnitude up to which every integer is exact in each float type."""
-
-
-def _element(value: Any, datatype: str, nullable: bool) -> Any:
-    if value is None:
-        if nullable or datatype in _FLOATS:  # a missing value: PMML's own treatment, NaN for ONNX floats
-            return None
-        raise _Bad("null is not allowed here")
-    if datatype == "BYTES":
-        if isinstance(value, str):
-            return value
-        raise _Bad("expected a string")
-    if datatype == "BOOL":
-        if isinstance(value, bool):
-            return value
-        raise _Bad("expected true or false")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Bad(f"expected a number ({datatype})")
-    if datatype in _FLOATS:
-        if isinstance(value, int) and abs(value) > _EXACT_INTS[datatype] and _rounds(value, datatype):
-            raise _Bad(f"{value} is not exact in {datatype}: the cast would lose the integer")
-        if math.isfinite(value) and abs(value) > _FLOAT_MAX.get(datatype, math.inf):
-            raise _Bad(f"{value} overflows {datatype}")
-        return float(value)
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise _Bad(f"expected an integer ({datatype}): the cast would lose the fraction")
-        value = int(value)
-    low, high = _INT_RANGES[datatype]
-    if not low <= value <= high:
-        raise _Bad(f"out of range for {datatype}")
-    return value
-
-
-def _checked_at_once(data: list[Any], want: str) -> list[Any] | None:
-    """`data` as `_element` would return it, checked by type in one pass when every element is of the common
-    kind (floats for a float input, ints for an integer one); None when the slow per-element path must say why."""
-    if want in _FLOATS:
-        if all(type(v) is float for v in data):
-            limit = _FLOAT_MAX.get(want)
-            if limit is not None and bool(np.any(np.abs(np.asarray(data, dtype=np.float64)) > limit)):
-                return None  # an infinity is fine, an overflow is not: the element check tells them apart
-            return data
-        return None
-    if want in _INT_RANGES and data and all(type(v) is int for v in data):
-        low, high = _INT_RANGES[want]
-        return data if low <= min(data) and max(data) <= high else None
-    return None
-
-
-def _rounds(value: int, datatype: str) -> bool:
-    """Whether the integer changes when stored as `datatype` (only asked past the exact range)."""
-    if datatype == "FP64":
-        try:
-            return int(float(value)) != value
-        except OverflowError:
-            return True
-    bits = {"FP32": 24, "BF16": 8, "FP16": 11}[datatype]
-    magnitude = abs(value)
-    return magnitude >> max(0, magnitude.bit_length() - bits) << max(0, magnitude.bit_length() - bits) != magnitude
 
 
 def _nest(flat: list[Any], dims: list[int]) -> list[Any]:
@@ -258,7 +175,7 @@ def _nest(flat: list[Any], dims: list[int]) -> list[Any]:
 
 
 def _known_outputs(model: dict[str, Any]) -> list[str]:
-    names = [spec["name"] for spec in _output_specs(model)]
+    names = [spec["name"] for spec in output_specs(model)]
     if model.get("function_type") == "clustering":
         names += [n for n in ("distances", "affinities") if n not in names]
     return names
@@ -270,7 +187,7 @@ def _decode_input(
     """One request input as (batch size, per-record values); appends an error and returns None if bad."""
     want = v2_datatype(fmt, spec["data_type"])
     datatype, shape, data = item.get("datatype"), item.get("shape"), item.get("data")
-    if not _castable(datatype, want):
+    if not castable(datatype, want):
         message = "datatype does not fit the model's input" if datatype in DATATYPES else "unknown datatype"
         errors.append(field_error(f"{loc}.datatype", message, expected=want, received=datatype))
         return None
@@ -306,7 +223,7 @@ def _decode_input(
     # hidden among its elements is still refused, as an element that is no number.
     is_flat = not data or not isinstance(data[0], list)
     try:
-        count = len(data) if is_flat else math.prod(_shape_of(data))
+        count = len(data) if is_flat else math.prod(shape_of(data))
     except ValueError as exc:
         errors.append(field_error(f"{loc}.data", str(exc), expected=shape))
         return None
@@ -314,13 +231,13 @@ def _decode_input(
         message = f"shape {shape} holds {math.prod(shape)} elements, the data has {count}"
         errors.append(field_error(f"{loc}.data", message, expected=math.prod(shape), received=count))
         return None
-    flat = _checked_at_once(data, want) if is_flat else None
+    flat = checked_at_once(data, want) if is_flat else None
     if flat is None:
         flat = []
-        for j, value in enumerate(data if is_flat else _flat(data)):
+        for j, value in enumerate(data if is_flat else flatten(data)):
             try:
-                flat.append(_element(value, want, nullable=fmt == "pmml"))
-            except _Bad as bad:
+                flat.append(element(value, want, nullable=fmt == "pmml"))
+            except Bad as bad:
                 errors.append(field_error(f"{loc}.data", f"element {j}: {bad}", expected=want, received=value))
                 return None
     if len(shape) == 1 or (scalar and len(shape) == 2):
@@ -407,88 +324,3 @@ def _requested_outputs(outputs: Any, known: list[str], errors: list[dict[str, An
             message = "the classification extension is not supported: ask for the label and probabilities outputs"
             errors.append(field_error(f"outputs[{i}].parameters.classification", message))
     return names
-
-
-def _coerce(value: Any, datatype: str) -> Any:
-    if value is None:
-        return None
-    if datatype == "BYTES":
-        return value if isinstance(value, str) else str(value)
-    if datatype == "BOOL":
-        if isinstance(value, bool):
-            return value
-        raise ValueError(value)
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if datatype in _FLOATS:
-        return float(value)
-    if isinstance(value, str) and value.lstrip("-").isdigit():
-        return int(value)
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
-        return int(value)
-    raise ValueError(value)
-
-
-def _tensor(values: list[Any], declared: str | None) -> dict[str, Any]:
-    """Per-record values as a V2 tensor: the declared datatype, or one inferred when the values do not fit it."""
-    shape = [len(values), *_shape_of(values[0])] if values else [0]
-    if _shape_of(values) != tuple(shape):
-        raise ValueError("records of different shapes")
-    flat = list(_flat(values))
-    datatype = declared or _datatype_of(flat)
-    try:
-        data = [_coerce(v, datatype) for v in flat]
-    except (TypeError, ValueError):
-        datatype = _datatype_of(flat)
-        data = [_coerce(v, datatype) for v in flat]
-    return {"shape": shape, "datatype": datatype, "data": data}
-
-
-def _probabilities(values: list[Any], class_labels: list[Any] | None) -> dict[str, Any]:
-    classes = list(class_labels or [])
-    keys = {str(c) for c in classes}
-    classes += [k for k in dict.fromkeys(k for p in values for k in p or {}) if k not in keys]  # classes found
-    names = [str(c) for c in classes]
-    empty: dict[str, Any] = {}
-    data = [(p or empty).get(name) for p in values for name in names]
-    return {"shape": [len(values), len(classes)], "datatype": "FP64", "parameters": {"classes": classes}, "data": data}
-
-
-def _available_outputs(model: dict[str, Any], predictions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    declared = {spec["name"]: spec["datatype"] for spec in _output_specs(model)}
-    keys = _NORMALISED.get(str(model.get("function_type")))
-    rows = [p if keys else p.get("raw") or {} for p in predictions]
-    names = list(keys or [*declared, *(k for k in (rows[0] if rows else {}) if k not in declared)])
-    tensors: dict[str, dict[str, Any]] = {}
-    for name in names:
-        if not any(name in row and row[name] not in ({}, []) for row in rows):
-            continue  # the model does not give this output (a label of None is still an answer)
-        values = [row.get(name) for row in rows]
-        if name == "probabilities":
-            tensors[name] = _probabilities(values, model.get("class_labels"))
-            continue
-        try:
-            tensors[name] = _tensor(values, "FP64" if name in _MATRICES else declared.get(name))
-        except ValueError:
-            continue  # a map or ragged sequence (a ZipMap) has no tensor form; `/api/v1` answers it
-    return tensors
-
-
-def infer_response(
-    name: str, version: int, request: InferRequest, predictions: list[dict[str, Any]], model: dict[str, Any]
-) -> dict[str, Any]:
-    """A V2 inference response from normalised predictions (raw tensors for models of no tabular kind)."""
-    tensors = _available_outputs(model, predictions)
-    wanted = request.requested_outputs if request.requested_outputs is not None else list(tensors)
-    errors = [
-        field_error(f"outputs[{i}].name", "the model gives no such output", expected=list(tensors), received=out)
-        for i, out in enumerate(wanted)
-        if out not in tensors
-    ]
-    if errors:
-        raise ValidationFailed("Invalid inference request: unknown output", errors=errors)
-    response: dict[str, Any] = {"model_name": name, "model_version": str(version)}
-    if request.id is not None:
-        response["id"] = request.id
-    response["outputs"] = [{"name": out, **tensors[out]} for out in wanted]
-    return response

@@ -10,13 +10,8 @@ from typing import Any
 
 import pytest
 
-from gateway.v2_codec import (
-    InferRequest,
-    infer_response,
-    model_metadata,
-    records_from_infer,
-    server_metadata,
-)
+from gateway.v2_codec import InferRequest, model_metadata, records_from_infer, server_metadata
+from gateway.v2_outputs import infer_response
 from inference.runtimes.base import ModelDescription
 from inference.validation import validate_records
 from shared.errors import ValidationFailed
