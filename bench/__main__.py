@@ -25,7 +25,7 @@ from rich.console import Console  # noqa: E402
 
 from bench.common import FULL, QUICK, Budget, ModelFiles, SectionResult, render, utc_now, write_results  # noqa: E402
 
-SECTIONS = ("runtime", "pmml", "endpoint", "services", "async", "batch")
+SECTIONS = ("runtime", "pmml", "endpoint", "services", "async", "batch", "v2")
 BUSY_PERCENT = 20.0
 """Warn when other processes use more than this share of the CPUs just before a section starts."""
 
@@ -54,6 +54,10 @@ def _runner(key: str) -> SectionRunner:
         from bench import batch
 
         return batch.run
+    if key == "v2":
+        from bench import v2_transports
+
+        return v2_transports.run
     from bench import endpoint
 
     return endpoint.run

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.core import Metric
 
-from gateway import api_v1, forwarding, v2
+from gateway import api_v1, forwarding, v2, v2_grpc
 from gateway.auth import AuthMiddleware
 from gateway.dataplane import GatewayDataPlane
 from gateway.fastroute import HotRoutes
@@ -44,9 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.event_handlers = plane.event_handlers
         await plane.start()
         mark_process_up("gateway")
+        grpc_server = await v2_grpc.start_server(app, settings)
         try:
             yield
         finally:
+            await v2_grpc.stop_server(grpc_server)
             await plane.close()
 
     app = FastAPI(

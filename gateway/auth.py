@@ -34,7 +34,8 @@ RULES: tuple[Rule, ...] = (
     _rule(r"^/api/v1/services/(?P<service>[^/]+)$", "predict", "GET"),
     _rule(r"^/api/v1/jobs/[^/]+$", "predict", "GET DELETE"),
     _rule(r"^/v2(/health/(live|ready))?/?$", None),
-    _rule(r"^/v2/models/(?P<service>[^/]+)(/versions/[^/]+)?(/ready|/infer)?$", "predict"),
+    _rule(r"^/v2/(models/stats|repository/index)$", "predict"),  # answers only the services the key may use
+    _rule(r"^/v2/models/(?P<service>[^/]+)(/versions/[^/]+)?(/ready|/infer|/config|/stats)?$", "predict"),
     _rule(r"^/(api|v2)/", "admin"),
 )
 

@@ -1,4 +1,4 @@
-"""Open Inference Protocol (KServe V2) over JSON: metadata, request decoding, response encoding.
+"""Open Inference Protocol (KServe V2) over JSON: metadata and request decoding (answers: `gateway.v2_outputs`).
 
 Pure functions, no I/O. `model` is the registry's version JSON (a `ModelDescription` dump). Requests are
 checked strictly and turned into the records runtimes take (`inference.validation`); responses are built
@@ -12,25 +12,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.v2_casts import DATATYPES, INT_RANGES, Bad, castable, checked_at_once, element
 from shared.errors import ValidationFailed, field_error
 
-_INT_RANGES = {f"INT{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (8, 16, 32, 64)} | {
-    f"UINT{b}": (0, 2**b - 1) for b in (8, 16, 32, 64)
-}
-_FLOATS = frozenset({"FP16", "FP32", "FP64", "BF16"})
-DATATYPES = frozenset(_INT_RANGES) | _FLOATS | {"BOOL", "BYTES"}
 _ONNX_TYPES = {"float": "FP32", "double": "FP64", "float16": "FP16", "bfloat16": "BF16", "bool": "BOOL"} | {
-    name.lower(): name for name in _INT_RANGES
+    name.lower(): name for name in INT_RANGES
 }
 _PMML_TYPES = {"double": "FP64", "float": "FP32", "integer": "INT64", "boolean": "BOOL"}
 # Which normalised keys of a prediction become V2 outputs, by function type; the rest answer raw tensors.
-_NORMALISED = {
+NORMALISED = {
     "classification": ("label", "probabilities"),
     "regression": ("value",),
     "clustering": ("cluster", "distances", "affinities"),
     "dimensionality_reduction": ("components",),
 }
-_MATRICES = frozenset({"distances", "affinities", "components"})
+MATRICES = frozenset({"distances", "affinities", "components"})
 
 
 @dataclass
@@ -41,10 +37,6 @@ class InferRequest:
     records: list[dict[str, Any]]
     requested_outputs: list[str] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
-
-
-class _Bad(Exception):
-    pass
 
 
 def v2_datatype(model_format: str, data_type: str) -> str:
@@ -64,7 +56,7 @@ def _dims(shape: list[Any] | None) -> list[int]:
     return [-1] + [d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else -1 for d in shape[1:]]
 
 
-def _datatype_of(values: list[Any]) -> str:
+def datatype_of(values: list[Any]) -> str:
     present = [v for v in values if v is not None]
     if present and all(isinstance(v, bool) for v in present):
         return "BOOL"
@@ -80,7 +72,7 @@ def _label_datatype(model: dict[str, Any], key: str) -> str:
     if targets and key == "label":
         return v2_datatype(fmt, targets[0].get("data_type", "string"))
     if key == "label" and model.get("class_labels"):
-        return _datatype_of(list(model["class_labels"]))
+        return datatype_of(list(model["class_labels"]))
     if fmt == "onnx":  # the graph's label output (int64 for skl2onnx classifiers and KMeans)
         for spec in model.get("outputs") or []:
             if spec.get("data_type") in ("int64", "int32", "string"):
@@ -97,7 +89,7 @@ def _onnx_matrix_width(model: dict[str, Any]) -> int | None:
     return None
 
 
-def _output_specs(model: dict[str, Any]) -> list[dict[str, Any]]:
+def output_specs(model: dict[str, Any]) -> list[dict[str, Any]]:
     fmt, function_type = model.get("format", "pmml"), model.get("function_type")
     if function_type == "classification":
         classes = model.get("class_labels")
@@ -123,9 +115,13 @@ def _output_specs(model: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "statistics")
+"""The protocol extensions the gateway serves (Triton's names for them)."""
+
+
 def server_metadata(version: str) -> dict[str, Any]:
-    """`GET /v2`: the server's name, version and protocol extensions (none)."""
-    return {"name": "modelserve", "version": version, "extensions": []}
+    """`GET /v2`: the server's name, version and protocol extensions."""
+    return {"name": "modelserve", "version": version, "extensions": list(EXTENSIONS)}
 
 
 def model_metadata(name: str, version: int, model: dict[str, Any]) -> dict[str, Any]:
@@ -145,11 +141,11 @@ def model_metadata(name: str, version: int, model: dict[str, Any]) -> dict[str, 
         "versions": [str(version)],
         "platform": platform,
         "inputs": inputs,
-        "outputs": _output_specs(model),
+        "outputs": output_specs(model),
     }
 
 
-def _shape_of(data: Any, depth: int = 0) -> tuple[int, ...]:
+def shape_of(data: Any, depth: int = 0) -> tuple[int, ...]:
     """Dimensions of (possibly nested) tensor data; ValueError if ragged or an element is an object."""
     if isinstance(data, dict):
         raise ValueError("an element is an object")
@@ -157,45 +153,18 @@ def _shape_of(data: Any, depth: int = 0) -> tuple[int, ...]:
         return ()
     if depth > 32:  # a JSON parser allows deeper nesting than Python's recursion limit
         raise ValueError("nested too deeply")
-    inner = {_shape_of(item, depth + 1) for item in data}
+    inner = {shape_of(item, depth + 1) for item in data}
     if len(inner) > 1:
         raise ValueError("nested lists of different lengths")
     return (len(data), *(inner.pop() if inner else ()))
 
 
-def _flat(data: Any) -> Iterator[Any]:
+def flatten(data: Any) -> Iterator[Any]:
     if isinstance(data, list):
         for item in data:
-            yield from _flat(item)
+            yield from flatten(item)
     else:
         yield data
-
-
-def _element(value: Any, datatype: str, nullable: bool) -> Any:
-    if value is None:
-        if nullable or datatype in _FLOATS:  # a missing value: PMML's own treatment, NaN for ONNX floats
-            return None
-        raise _Bad("null is not allowed here")
-    if datatype == "BYTES":
-        if isinstance(value, str):
-            return value
-        raise _Bad("expected a string")
-    if datatype == "BOOL":
-        if isinstance(value, bool):
-            return value
-        raise _Bad("expected true or false")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Bad(f"expected a number ({datatype})")
-    if datatype in _FLOATS:
-        return float(value)
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise _Bad(f"expected an integer ({datatype})")
-        value = int(value)
-    low, high = _INT_RANGES[datatype]
-    if not low <= value <= high:
-        raise _Bad(f"out of range for {datatype}")
-    return value
 
 
 def _nest(flat: list[Any], dims: list[int]) -> list[Any]:
@@ -206,7 +175,7 @@ def _nest(flat: list[Any], dims: list[int]) -> list[Any]:
 
 
 def _known_outputs(model: dict[str, Any]) -> list[str]:
-    names = [spec["name"] for spec in _output_specs(model)]
+    names = [spec["name"] for spec in output_specs(model)]
     if model.get("function_type") == "clustering":
         names += [n for n in ("distances", "affinities") if n not in names]
     return names
@@ -218,8 +187,8 @@ def _decode_input(
     """One request input as (batch size, per-record values); appends an error and returns None if bad."""
     want = v2_datatype(fmt, spec["data_type"])
     datatype, shape, data = item.get("datatype"), item.get("shape"), item.get("data")
-    if datatype != want:
-        message = "datatype does not match the model's input" if datatype in DATATYPES else "unknown datatype"
+    if not castable(datatype, want):
+        message = "datatype does not fit the model's input" if datatype in DATATYPES else "unknown datatype"
         errors.append(field_error(f"{loc}.datatype", message, expected=want, received=datatype))
         return None
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
@@ -243,11 +212,18 @@ def _decode_input(
         return None
     if not isinstance(data, list):
         binary = isinstance(item.get("parameters"), dict) and "binary_data_size" in item["parameters"]
-        message = "binary tensor data is not supported: send JSON data" if binary else "expected a JSON array"
+        message = (
+            f"binary_data_size without the {'Inference-Header-Content-Length'} header: no binary data was sent"
+            if binary
+            else "expected a JSON array"
+        )
         errors.append(field_error(f"{loc}.data", message, received=None if binary else data))
         return None
+    # Flat data (what binary tensors, gRPC and most clients send) skips the walk over nested lists; a list
+    # hidden among its elements is still refused, as an element that is no number.
+    is_flat = not data or not isinstance(data[0], list)
     try:
-        count = math.prod(_shape_of(data))
+        count = len(data) if is_flat else math.prod(shape_of(data))
     except ValueError as exc:
         errors.append(field_error(f"{loc}.data", str(exc), expected=shape))
         return None
@@ -255,13 +231,15 @@ def _decode_input(
         message = f"shape {shape} holds {math.prod(shape)} elements, the data has {count}"
         errors.append(field_error(f"{loc}.data", message, expected=math.prod(shape), received=count))
         return None
-    flat: list[Any] = []
-    for j, value in enumerate(_flat(data)):
-        try:
-            flat.append(_element(value, datatype, nullable=fmt == "pmml"))
-        except _Bad as bad:
-            errors.append(field_error(f"{loc}.data", f"element {j}: {bad}", expected=datatype, received=value))
-            return None
+    flat = checked_at_once(data, want) if is_flat else None
+    if flat is None:
+        flat = []
+        for j, value in enumerate(data if is_flat else flatten(data)):
+            try:
+                flat.append(element(value, want, nullable=fmt == "pmml"))
+            except Bad as bad:
+                errors.append(field_error(f"{loc}.data", f"element {j}: {bad}", expected=want, received=value))
+                return None
     if len(shape) == 1 or (scalar and len(shape) == 2):
         return shape[0], flat
     return shape[0], _nest(flat, shape)
@@ -339,87 +317,10 @@ def _requested_outputs(outputs: Any, known: list[str], errors: list[dict[str, An
             errors.append(field_error(f"outputs[{i}].name", message, expected=known, received=name))
         else:
             names.append(name)
+        parameters = item.get("parameters") if isinstance(item, dict) else None
+        if isinstance(parameters, dict) and parameters.get("classification"):
+            # Triton's classification extension ("score:index:label" strings): not served; the label and
+            # probabilities outputs carry the same answer. Refused rather than silently ignored.
+            message = "the classification extension is not supported: ask for the label and probabilities outputs"
+            errors.append(field_error(f"outputs[{i}].parameters.classification", message))
     return names
-
-
-def _coerce(value: Any, datatype: str) -> Any:
-    if value is None:
-        return None
-    if datatype == "BYTES":
-        return value if isinstance(value, str) else str(value)
-    if datatype == "BOOL":
-        if isinstance(value, bool):
-            return value
-        raise ValueError(value)
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if datatype in _FLOATS:
-        return float(value)
-    if isinstance(value, str) and value.lstrip("-").isdigit():
-        return int(value)
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
-        return int(value)
-    raise ValueError(value)
-
-
-def _tensor(values: list[Any], declared: str | None) -> dict[str, Any]:
-    """Per-record values as a V2 tensor: the declared datatype, or one inferred when the values do not fit it."""
-    shape = [len(values), *_shape_of(values[0])] if values else [0]
-    if _shape_of(values) != tuple(shape):
-        raise ValueError("records of different shapes")
-    flat = list(_flat(values))
-    datatype = declared or _datatype_of(flat)
-    try:
-        data = [_coerce(v, datatype) for v in flat]
-    except (TypeError, ValueError):
-        datatype = _datatype_of(flat)
-        data = [_coerce(v, datatype) for v in flat]
-    return {"shape": shape, "datatype": datatype, "data": data}
-
-
-def _probabilities(values: list[Any], class_labels: list[Any] | None) -> dict[str, Any]:
-    classes = list(class_labels or [])
-    keys = {str(c) for c in classes}
-    classes += [k for k in dict.fromkeys(k for p in values for k in p or {}) if k not in keys]  # classes found
-    data = [(p or {}).get(str(c)) for p in values for c in classes]
-    return {"shape": [len(values), len(classes)], "datatype": "FP64", "parameters": {"classes": classes}, "data": data}
-
-
-def _available_outputs(model: dict[str, Any], predictions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    declared = {spec["name"]: spec["datatype"] for spec in _output_specs(model)}
-    keys = _NORMALISED.get(str(model.get("function_type")))
-    rows = [p if keys else p.get("raw") or {} for p in predictions]
-    names = list(keys or [*declared, *(k for k in (rows[0] if rows else {}) if k not in declared)])
-    tensors: dict[str, dict[str, Any]] = {}
-    for name in names:
-        if not any(name in row and row[name] not in ({}, []) for row in rows):
-            continue  # the model does not give this output (a label of None is still an answer)
-        values = [row.get(name) for row in rows]
-        if name == "probabilities":
-            tensors[name] = _probabilities(values, model.get("class_labels"))
-            continue
-        try:
-            tensors[name] = _tensor(values, "FP64" if name in _MATRICES else declared.get(name))
-        except ValueError:
-            continue  # a map or ragged sequence (a ZipMap) has no tensor form; `/api/v1` answers it
-    return tensors
-
-
-def infer_response(
-    name: str, version: int, request: InferRequest, predictions: list[dict[str, Any]], model: dict[str, Any]
-) -> dict[str, Any]:
-    """A V2 inference response from normalised predictions (raw tensors for models of no tabular kind)."""
-    tensors = _available_outputs(model, predictions)
-    wanted = request.requested_outputs if request.requested_outputs is not None else list(tensors)
-    errors = [
-        field_error(f"outputs[{i}].name", "the model gives no such output", expected=list(tensors), received=out)
-        for i, out in enumerate(wanted)
-        if out not in tensors
-    ]
-    if errors:
-        raise ValidationFailed("Invalid inference request: unknown output", errors=errors)
-    response: dict[str, Any] = {"model_name": name, "model_version": str(version)}
-    if request.id is not None:
-        response["id"] = request.id
-    response["outputs"] = [{"name": out, **tensors[out]} for out in wanted]
-    return response

@@ -134,7 +134,10 @@ def field_error(
 
 
 def problem_response(err: ModelServeError, instance: str | None = None) -> JSONResponse:
-    return JSONResponse(err.to_problem(instance), status_code=err.status, media_type=PROBLEM_JSON, headers=err.headers)
+    body = err.to_problem(instance)
+    if instance is not None and instance.startswith("/v2"):
+        body.setdefault("error", err.detail)  # the Open Inference Protocol's error member, which V2 clients read
+    return JSONResponse(body, status_code=err.status, media_type=PROBLEM_JSON, headers=err.headers)
 
 
 def _short(value: Any) -> Any:

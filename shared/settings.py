@@ -252,3 +252,20 @@ class Settings(BaseSettings):
     def datasets_dir(self) -> Path:
         """Root of the dataset files."""
         return self.data_dir / "datasets"
+
+    # --- v2 ---
+    grpc_port: int | None = None
+    """Port of the gateway's gRPC server (the KServe/Triton `GRPCInferenceService`); None or 0: no gRPC server.
+    Every gateway worker binds it (SO_REUSEPORT), so the kernel spreads calls over them."""
+
+    grpc_host: str = "127.0.0.1"
+    """Address the gRPC server binds (0.0.0.0 to serve other machines)."""
+
+    grpc_max_message_bytes: int = 64 * 1024 * 1024
+    """Largest gRPC request or answer; bigger calls fail with RESOURCE_EXHAUSTED."""
+
+    v2_max_decompressed_bytes: int = 64 * 1024 * 1024
+    """Largest V2 request body after its gzip/deflate Content-Encoding is undone; bigger answers 413."""
+
+    v2_load_timeout_seconds: float = 120.0
+    """How long a V2 repository load (service start) waits for a ready replica before answering 503."""

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.v2_codec import (
-    InferRequest,
-    infer_response,
-    model_metadata,
-    records_from_infer,
-    server_metadata,
-)
+from gateway.v2_codec import InferRequest, model_metadata, records_from_infer, server_metadata
+from gateway.v2_outputs import infer_response
 from inference.runtimes.base import ModelDescription
 from inference.validation import validate_records
 from shared.errors import ValidationFailed
@@ -129,7 +125,11 @@ def _fields(body: Any, model: dict[str, Any]) -> list[str]:
 
 
 def test_server_metadata() -> None:
-    assert server_metadata("1.2.3") == {"name": "modelserve", "version": "1.2.3", "extensions": []}
+    assert server_metadata("1.2.3") == {
+        "name": "modelserve",
+        "version": "1.2.3",
+        "extensions": ["binary_tensor_data", "model_repository", "model_configuration", "statistics"],
+    }
 
 
 def test_onnx_classifier_metadata() -> None:
@@ -289,9 +289,9 @@ def _onnx(**changes: Any) -> dict[str, Any]:
         (_iris_with(1, name="sepal_lenght"), PMML_IRIS, "inputs[1].name"),
         (_iris_with(2, name=["petal_length"]), PMML_IRIS, "inputs[2].name"),
         (_onnx(datatype="BYTES"), ONNX_CLASSIFIER, "inputs[0].datatype"),
-        (_onnx(datatype="FP64"), ONNX_CLASSIFIER, "inputs[0].datatype"),
+        (_onnx(datatype="BOOL"), ONNX_CLASSIFIER, "inputs[0].datatype"),
         (_onnx(datatype="FLOAT"), ONNX_CLASSIFIER, "inputs[0].datatype"),
-        (_iris_with(3, datatype="FP32"), PMML_IRIS, "inputs[3].datatype"),
+        (_iris_with(3, datatype="BYTES"), PMML_IRIS, "inputs[3].datatype"),
         (_onnx(shape=[1, 3], data=ROWS[0][:3]), ONNX_CLASSIFIER, "inputs[0].shape"),
         (_onnx(shape=[4]), ONNX_CLASSIFIER, "inputs[0].shape"),
         (_onnx(shape="1x4"), ONNX_CLASSIFIER, "inputs[0].shape"),
@@ -313,6 +313,11 @@ def _onnx(**changes: Any) -> dict[str, Any]:
         ({**_onnx(), "outputs": "label"}, ONNX_CLASSIFIER, "outputs"),
         ({**_onnx(), "outputs": [{"name": "label"}, {"name": "proba"}]}, ONNX_CLASSIFIER, "outputs[1].name"),
         ({**_onnx(), "outputs": [{"name": "label"}, {"name": "label"}]}, ONNX_CLASSIFIER, "outputs[1].name"),
+        (
+            {**_onnx(), "outputs": [{"name": "label", "parameters": {"classification": 3}}]},
+            ONNX_CLASSIFIER,
+            "outputs[0].parameters.classification",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(body: Any, model: dict[str, Any], field: str) -> None:
@@ -564,3 +569,101 @@ def test_round_trip_with_a_real_onnx_runtime(tmp_path: Path) -> None:
         assert meta["outputs"][0]["datatype"] == label["datatype"]
     finally:
         runtime.unload()
+
+
+# --- numbers cast the way clients send them (issue 12, item 2) ------------------------------------------------
+
+ONNX_INT64: dict[str, Any] = {
+    "format": "onnx",
+    "engine": ENGINE_ONNX,
+    "function_type": None,
+    "inputs": [{"name": "ids", "data_type": "int64", "shape": [None, 2]}],
+    "outputs": [{"name": "y", "data_type": "float", "shape": [None, 1]}],
+}
+ONNX_INT32 = {**ONNX_INT64, "inputs": [{"name": "ids", "data_type": "int32", "shape": [None, 2]}]}
+
+
+@pytest.mark.parametrize(
+    ("model", "datatype", "data", "expected"),
+    [
+        (ONNX_CLASSIFIER, "FP64", [5.1, 3.5, 1.4, 0.2], [5.1, 3.5, 1.4, 0.2]),  # FP64 data into an FP32 input
+        (ONNX_CLASSIFIER, "INT32", [5, 3, 1, 0], [5.0, 3.0, 1.0, 0.0]),  # integers into floats
+        (ONNX_CLASSIFIER, "FP16", [5.0, 3.5, 1.5, 0.25], [5.0, 3.5, 1.5, 0.25]),
+        (ONNX_INT64, "INT32", [7, -2, 3, 4], [7, -2, 3, 4]),  # widening
+        (ONNX_INT64, "UINT8", [7, 2, 3, 255], [7, 2, 3, 255]),
+        (ONNX_INT64, "FP32", [7.0, -2.0, 3.0, 4.0], [7, -2, 3, 4]),  # integral floats into integers
+        (ONNX_INT32, "INT64", [2**31 - 1, -(2**31), 0, 1], [2**31 - 1, -(2**31), 0, 1]),  # narrowing that fits
+    ],
+)
+def test_numbers_are_cast_to_the_input_type(
+    model: dict[str, Any], datatype: str, data: list[Any], expected: list[Any]
+) -> None:
+    name = model["inputs"][0]["name"]
+    body = {"inputs": [{"name": name, "shape": [2, 2] if len(data) == 4 and name == "ids" else [1, 4],
+                        "datatype": datatype, "data": data}]}  # fmt: skip
+    decoded = records_from_infer(body, model)
+    flat = [v for record in decoded.records for row in record[name] for v in (row if isinstance(row, list) else [row])]
+    assert flat == expected
+    assert all(type(v) is type(e) for v, e in zip(flat, expected, strict=True))
+
+
+def test_a_float32_frame_feeds_a_pmml_model_of_doubles() -> None:
+    body = _iris_body()
+    for item in body["inputs"]:
+        item["datatype"] = "FP32"
+    decoded = records_from_infer(body, PMML_IRIS)
+    assert decoded.records[0] == dict(zip(FEATURES, ROWS[0], strict=True))
+
+
+@pytest.mark.parametrize(
+    ("model", "datatype", "data", "message"),
+    [
+        (ONNX_INT64, "FP64", [1.5, 2, 3, 4], "lose the fraction"),
+        (ONNX_INT32, "INT64", [2**31, 0, 0, 0], "out of range for INT32"),
+        (ONNX_INT64, "UINT64", [2**63, 0, 0, 0], "out of range for INT64"),
+        (ONNX_CLASSIFIER, "FP64", [1e39, 0, 0, 0], "overflows FP32"),
+        (ONNX_CLASSIFIER, "FP64", [0.5, float("nan"), -1e39, 0.0], "overflows FP32"),  # all floats: one pass
+        (ONNX_CLASSIFIER, "INT64", [2**24 + 1, 0, 0, 0], "would lose the integer"),
+        (ONNX_CLASSIFIER, "BOOL", [True, False, True, False], "datatype does not fit"),
+    ],
+)
+def test_a_cast_that_loses_or_overflows_is_a_422_naming_the_field(
+    model: dict[str, Any], datatype: str, data: list[Any], message: str
+) -> None:
+    name = model["inputs"][0]["name"]
+    shape = [2, 2] if name == "ids" else [1, 4]
+    errors = _errors({"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}, model)
+    assert errors[0]["field"] in ("inputs[0].data", "inputs[0].datatype")
+    assert message in errors[0]["message"]
+    assert errors[0]["expected"] == model_metadata("m", 1, model)["inputs"][0]["datatype"]
+
+
+def test_infinities_and_nan_are_floats_not_overflows() -> None:
+    body = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP64", "data": [math.inf, -math.inf, 1.0, 2.0]}]}
+    assert records_from_infer(body, ONNX_CLASSIFIER).records[0]["X"][:2] == [math.inf, -math.inf]
+
+
+def test_an_exact_large_integer_still_fits_a_float() -> None:
+    body = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "INT64", "data": [2**30, 2**24, 0, 1]}]}
+    assert records_from_infer(body, ONNX_CLASSIFIER).records[0]["X"] == [2.0**30, 2.0**24, 0.0, 1.0]
+
+
+def test_mlserver_pandas_codec_request_with_a_string_column() -> None:
+    """The body MLServer's `PandasCodec.encode_request(df)` makes, as JSON (`model_dump_json`): one [N, 1] input
+    per column, numpy's datatype, request parameters `content_type: pd`, strings as BYTES with `content_type: str`
+    (codec source: mlserver/codecs/pandas.py, numpy.py, string.py)."""
+    body = {
+        "parameters": {"content_type": "pd"},
+        "inputs": [
+            {"name": "age", "shape": [2, 1], "datatype": "INT32", "data": [31, 45]},
+            {"name": "city", "shape": [2, 1], "datatype": "BYTES", "data": ["Paris", "Lyon"],
+             "parameters": {"content_type": "str"}},
+            {"name": "member", "shape": [2, 1], "datatype": "BOOL", "data": [True, False]},
+            {"name": "income", "shape": [2, 1], "datatype": "FP32", "data": [1000.5, 2500.25]},
+        ],
+    }  # fmt: skip
+    decoded = records_from_infer(body, PMML_REGRESSION)
+    assert decoded.records == [
+        {"age": 31, "city": "Paris", "member": True, "income": 1000.5, "bonus": None},
+        {"age": 45, "city": "Lyon", "member": False, "income": 2500.25, "bonus": None},
+    ]
