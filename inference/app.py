@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import ORJSONResponse, Response
 from pydantic import BaseModel
 
+from inference.memory_guard import MemoryWatchdog, limit_data_segment
 from inference.payloads import records_from_request
 from inference.predictor import Predictor, VersionRef
 from inference.resolver import VersionResolver
@@ -88,9 +89,19 @@ async def _load_pinned(app: FastAPI, pinned: Pinned) -> None:
         log.error("replica of %s cannot load %s v%d: %s", pinned.service, pinned.model, pinned.version, state.error)
 
 
-def create_app(settings: Settings | None = None, pinned: Pinned | None = None) -> FastAPI:
-    """Pool mode (`pinned` None) serves model test for any version; pinned mode serves one service."""
+def create_app(
+    settings: Settings | None = None, pinned: Pinned | None = None, *, own_process: bool | None = None
+) -> FastAPI:
+    """Pool mode (`pinned` None) serves model test for any version; pinned mode serves one service.
+
+    `own_process` (by default: when called without settings, as uvicorn's factory in a process of its own)
+    bounds the process's memory by `replica_max_memory_bytes` (`inference.memory_guard`).
+    """
+    if own_process is None:
+        own_process = settings is None
     settings = settings or Settings()
+    if own_process:
+        limit_data_segment(settings.replica_max_memory_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -100,9 +111,15 @@ def create_app(settings: Settings | None = None, pinned: Pinned | None = None) -
         app.state.pinned = _PinnedState()
         loading = asyncio.create_task(_load_pinned(app, pinned)) if pinned else None
         mark_process_up("inference" if pinned is None else "replica")
+        watchdog = None
+        if own_process:
+            watchdog = MemoryWatchdog(settings.replica_max_memory_bytes, settings.replica_memory_check_seconds)
+            watchdog.start()
         try:
             yield
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             if loading is not None:
                 loading.cancel()
                 await asyncio.gather(loading, return_exceptions=True)
@@ -177,11 +194,11 @@ def _add_pinned_routes(app: FastAPI, pinned: Pinned) -> None:
             bodies = orjson.loads(await request.body())["requests"]
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise BadRequest("Expected {'requests': [...]}") from exc
-        state.requests += len(bodies)
-        ref = state.ref
-
+        # Checked before anything counts on it being a list (len() of an int would be a 500).
         if not isinstance(bodies, list):
             raise BadRequest("Expected {'requests': [...]}")
+        state.requests += len(bodies)
+        ref = state.ref
         parsed: list[list[dict[str, Any]] | Exception] = []
         for body in bodies:
             try:
@@ -236,4 +253,4 @@ def _json(content: Any) -> Response:
 def create_pinned_app() -> FastAPI:
     """Factory for `modelserve inference --service …` (uvicorn factories take no arguments)."""
     service, model, version = os.environ["MODELSERVE_PINNED"].split("\t")
-    return create_app(Settings(), Pinned(service, model, int(version)))
+    return create_app(Settings(), Pinned(service, model, int(version)), own_process=True)
