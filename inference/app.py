@@ -16,7 +16,7 @@ from fastapi.responses import ORJSONResponse, Response
 from pydantic import BaseModel
 
 from inference.memory_guard import MemoryWatchdog, limit_data_segment
-from inference.payloads import records_from_request
+from inference.payloads import loads_json, records_from_request
 from inference.predictor import Predictor, VersionRef
 from inference.resolver import VersionResolver
 from inference.validation import records_from_body
@@ -158,7 +158,7 @@ def create_app(
     )
     async def test_model(name: str, version: str, request: Request) -> ModelTestResponse:
         ref = await request.app.state.resolver.resolve(name, version)
-        records = await records_from_request(request)
+        records = await records_from_request(request, ref.description)
         result = await request.app.state.predictor.predict(ref, records)
         return ModelTestResponse(
             model=ref.model,
@@ -191,7 +191,7 @@ def _add_pinned_routes(app: FastAPI, pinned: Pinned) -> None:
         if state.ref is None:
             raise ServiceUnavailable(state.error or "The model is still loading", headers={"Retry-After": "1"})
         try:
-            bodies = orjson.loads(await request.body())["requests"]
+            bodies = loads_json(await request.body())["requests"]
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise BadRequest("Expected {'requests': [...]}") from exc
         # Checked before anything counts on it being a list (len() of an int would be a 500).
@@ -233,7 +233,7 @@ def _add_pinned_routes(app: FastAPI, pinned: Pinned) -> None:
         if state.ref is None:
             raise ServiceUnavailable(state.error or "The model is still loading", headers={"Retry-After": "1"})
         state.requests += 1
-        records = await records_from_request(request)
+        records = await records_from_request(request, state.ref.description)
         result = await app.state.predictor.predict(state.ref, records)
         return _json(
             {
