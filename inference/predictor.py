@@ -70,10 +70,12 @@ class Predictor:
             task = asyncio.ensure_future(current[1].close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+        # A graph without a batch axis answers each record on its own: one request per engine call, no waiting.
+        batched = runtime.description.batched
         batcher = MicroBatcher(
             runtime.predict,
-            max_batch_size=self.settings.max_batch_size,
-            max_batch_delay_ms=self.settings.max_batch_delay_ms,
+            max_batch_size=self.settings.max_batch_size if batched else 1,
+            max_batch_delay_ms=self.settings.max_batch_delay_ms if batched else 0.0,
             name=f"{ref.model}:{ref.version}",
         )
         self._batchers[ref.key] = (runtime, batcher)

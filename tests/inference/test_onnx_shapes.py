@@ -122,6 +122,13 @@ async def test_described_as_declared_and_answered_as_given_over_http(
     wrong = await pool.post("/api/v1/models/fixed-shape/versions/1/test", json={"inputs": {"x": [1, 2, 3]}})
     assert wrong.status_code == 422
     assert [e["field"] for e in wrong.json()["errors"]] == ["inputs[0].x"]
+    async with httpx.AsyncClient(base_url=registry_server) as registry:
+        for name in ("concat", "scalar-sum", "fixed-shape"):
+            example = (await registry.get(f"/api/v1/models/{name}/versions/1/example")).json()
+            answered = await pool.post(f"/api/v1/models/{name}/versions/1/test", json=example)
+            assert answered.status_code == 200, (name, example, answered.text)
+    fixed_example = (await pool.post("/api/v1/models/fixed-shape/versions/1/test", json=example)).json()
+    assert fixed_example["predictions"][0]["raw"]["y"] == [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
 
 
 # --- JSON NaN / Infinity and CSV into a single tensor ---------------------------------------------------------
