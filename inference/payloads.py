@@ -17,6 +17,7 @@ from inference.validation import records_from_body
 from shared.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, field_error
 
 MAX_TEST_FILE_BYTES = 64 * 1024 * 1024
+_FORM_OVERHEAD = 1024 * 1024  # part headers and small fields around the file
 
 
 def loads_json(data: bytes | str) -> Any:
@@ -90,6 +91,10 @@ async def records_from_request(request: Request, description: ModelDescription |
     if content_type in ("application/json", "") or content_type.endswith("+json"):
         return records_from_json_bytes(await request.body())
     if content_type == "multipart/form-data":
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_TEST_FILE_BYTES + _FORM_OVERHEAD:
+            # Before the form parser spools the body to a temporary file.
+            raise PayloadTooLarge(f"Test files are limited to {MAX_TEST_FILE_BYTES} bytes")
         form = await request.form(max_files=1, max_fields=10)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):

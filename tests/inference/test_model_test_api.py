@@ -103,3 +103,22 @@ async def test_example_body_is_accepted_by_test(pool: httpx.AsyncClient, registr
             example = (await registry.get(f"/api/v1/models/{name}/versions/latest/example")).json()
             resp = await pool.post(f"/api/v1/models/{name}/versions/latest/test", json=example)
             assert resp.status_code == 200, (name, example, resp.text)
+
+
+async def test_a_declared_oversized_file_is_refused_before_reading(pool: httpx.AsyncClient) -> None:
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.csv"\r\n\r\n'
+        for _ in range(512):
+            sent += 1
+            yield b"a" * (1024 * 1024)
+
+    resp = await pool.post(
+        "/api/v1/models/rf/versions/1/test",
+        content=body(),
+        headers={"content-type": "multipart/form-data; boundary=b", "content-length": str(512 * 1024 * 1024)},
+    )
+    assert resp.status_code == 413
+    assert sent < 512

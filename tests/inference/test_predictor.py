@@ -97,3 +97,24 @@ async def test_only_graphs_with_a_batch_axis_share_engine_calls(
         await predictor.close()
     assert all(isinstance(r, Prediction) and len(r.predictions) == 1 for r in results)
     assert calls == ([3] if batched else [1, 1, 1])
+
+
+async def test_a_version_stored_without_its_batch_flag_is_validated_as_the_graph_declares(tmp_path: Path) -> None:
+    from tests.fixtures import models
+
+    path = models.make_onnx_concat(tmp_path)
+    settings = Settings(environment="test", data_dir=tmp_path / "data", log_json=False)
+    store = LocalArtifactStore(settings.artifacts_dir)
+    writer = store.writer(10**9)
+    writer.write(path.read_bytes())
+    staged = writer.finish()
+    store.commit(staged)
+    stale = load_runtime(path, settings).description.model_copy(update={"batched": True})  # an older registry row
+    predictor = Predictor(settings, store)
+    try:
+        result = await predictor.predict(
+            VersionRef("concat", 1, staged.sha256, stale), [{"A": [[1.0, 2.0, 3.0]], "B": []}]
+        )
+    finally:
+        await predictor.close()
+    assert result.predictions == [{"raw": {"C": [[1.0, 2.0, 3.0]]}}]
