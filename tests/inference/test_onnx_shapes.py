@@ -88,7 +88,7 @@ def test_batched_outputs_keep_their_per_row_shape(shaped: dict[str, Path], runti
 
 @pytest.fixture
 def registry_server(settings: Settings, shaped: dict[str, Path], onnx_models: dict[str, Path]) -> Iterator[str]:
-    with LiveServer(create_registry(settings)) as server, httpx.Client(base_url=server.url) as client:
+    with LiveServer(create_registry(settings)) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         uploads = {**shaped, "rf": onnx_models["random_forest"], "lin": onnx_models["linear_regression"]}
         for name, path in uploads.items():
             resp = client.post(
@@ -107,7 +107,7 @@ async def pool(settings: Settings, registry_server: str) -> AsyncIterator[httpx.
 async def test_described_as_declared_and_answered_as_given_over_http(
     pool: httpx.AsyncClient, registry_server: str
 ) -> None:
-    async with httpx.AsyncClient(base_url=registry_server) as registry:
+    async with httpx.AsyncClient(base_url=registry_server, timeout=120) as registry:
         fixed = (await registry.get("/api/v1/models/fixed-shape/versions/1")).json()
         assert fixed["inputs"][0]["shape"] == [2, 3] and fixed["batched"] is False
         assert (await registry.get("/api/v1/models/rf/versions/1")).json()["batched"] is True
@@ -122,7 +122,7 @@ async def test_described_as_declared_and_answered_as_given_over_http(
     wrong = await pool.post("/api/v1/models/fixed-shape/versions/1/test", json={"inputs": {"x": [1, 2, 3]}})
     assert wrong.status_code == 422
     assert [e["field"] for e in wrong.json()["errors"]] == ["inputs[0].x"]
-    async with httpx.AsyncClient(base_url=registry_server) as registry:
+    async with httpx.AsyncClient(base_url=registry_server, timeout=120) as registry:
         for name in ("concat", "scalar-sum", "fixed-shape"):
             example = (await registry.get(f"/api/v1/models/{name}/versions/1/example")).json()
             answered = await pool.post(f"/api/v1/models/{name}/versions/1/test", json=example)

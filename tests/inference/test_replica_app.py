@@ -20,7 +20,7 @@ IRIS = {"X": [5.1, 3.5, 1.4, 0.2]}
 
 @pytest.fixture
 def registry_server(settings: Settings, onnx_models: dict[str, Path]) -> Iterator[str]:
-    with LiveServer(create_registry(settings)) as server, httpx.Client(base_url=server.url) as client:
+    with LiveServer(create_registry(settings)) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         path = onnx_models["random_forest"]
         resp = client.post("/api/v1/models", data={"name": "rf"}, files={"file": (path.name, path.read_bytes())})
         assert resp.status_code == 201, resp.text
