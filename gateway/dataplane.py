@@ -29,6 +29,7 @@ from shared.auth import Principal
 from shared.auth import Scope as KeyScope
 from shared.errors import ModelServeError, NotFound, ServiceUnavailable, ValidationFailed, field_error
 from shared.jobstore import DONE_CHANNEL
+from shared.json_bodies import loads_json
 from shared.logging import request_id_var
 from shared.redis import EVENTS_CHANNEL, async_redis, sync_redis
 from shared.settings import Settings
@@ -72,7 +73,7 @@ def _queue_guard(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]
 
 def _check_json(body: bytes) -> None:
     try:
-        orjson.loads(body)  # one malformed body must not spoil the batch it would join
+        loads_json(body)  # one malformed body must not spoil the batch it would join
     except orjson.JSONDecodeError as exc:
         raise ValidationFailed("Invalid JSON", errors=[field_error("body", f"not valid JSON: {exc}")]) from exc
 

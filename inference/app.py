@@ -15,7 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import ORJSONResponse, Response
 from pydantic import BaseModel
 
-from inference.payloads import records_from_request
+from inference.memory_guard import MemoryWatchdog, limit_data_segment
+from inference.payloads import loads_json, records_from_request
 from inference.predictor import Predictor, VersionRef
 from inference.resolver import VersionResolver
 from inference.validation import records_from_body
@@ -88,9 +89,19 @@ async def _load_pinned(app: FastAPI, pinned: Pinned) -> None:
         log.error("replica of %s cannot load %s v%d: %s", pinned.service, pinned.model, pinned.version, state.error)
 
 
-def create_app(settings: Settings | None = None, pinned: Pinned | None = None) -> FastAPI:
-    """Pool mode (`pinned` None) serves model test for any version; pinned mode serves one service."""
+def create_app(
+    settings: Settings | None = None, pinned: Pinned | None = None, *, own_process: bool | None = None
+) -> FastAPI:
+    """Pool mode (`pinned` None) serves model test for any version; pinned mode serves one service.
+
+    `own_process` (by default: when called without settings, as uvicorn's factory in a process of its own)
+    bounds the process's memory by `replica_max_memory_bytes` (`inference.memory_guard`).
+    """
+    if own_process is None:
+        own_process = settings is None
     settings = settings or Settings()
+    if own_process:
+        limit_data_segment(settings.replica_max_memory_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -100,9 +111,15 @@ def create_app(settings: Settings | None = None, pinned: Pinned | None = None) -
         app.state.pinned = _PinnedState()
         loading = asyncio.create_task(_load_pinned(app, pinned)) if pinned else None
         mark_process_up("inference" if pinned is None else "replica")
+        watchdog = None
+        if own_process:
+            watchdog = MemoryWatchdog(settings.replica_max_memory_bytes, settings.replica_memory_check_seconds)
+            watchdog.start()
         try:
             yield
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             if loading is not None:
                 loading.cancel()
                 await asyncio.gather(loading, return_exceptions=True)
@@ -141,7 +158,7 @@ def create_app(settings: Settings | None = None, pinned: Pinned | None = None) -
     )
     async def test_model(name: str, version: str, request: Request) -> ModelTestResponse:
         ref = await request.app.state.resolver.resolve(name, version)
-        records = await records_from_request(request)
+        records = await records_from_request(request, ref.description)
         result = await request.app.state.predictor.predict(ref, records)
         return ModelTestResponse(
             model=ref.model,
@@ -174,10 +191,11 @@ def _add_pinned_routes(app: FastAPI, pinned: Pinned) -> None:
         if state.ref is None:
             raise ServiceUnavailable(state.error or "The model is still loading", headers={"Retry-After": "1"})
         try:
-            payload = orjson.loads(await request.body())
+            payload = loads_json(await request.body())
             bodies = payload["requests"]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise BadRequest("Expected {'requests': [...]}") from exc
+        # Checked before anything counts on it being a list (len() of an int would be a 500).
         if not isinstance(bodies, list):
             raise BadRequest("Expected {'requests': [...]}")
         # Each request's own id (the batch has one of its own): a failure is logged under its caller's id.
@@ -221,7 +239,7 @@ def _add_pinned_routes(app: FastAPI, pinned: Pinned) -> None:
         if state.ref is None:
             raise ServiceUnavailable(state.error or "The model is still loading", headers={"Retry-After": "1"})
         state.requests += 1
-        records = await records_from_request(request)
+        records = await records_from_request(request, state.ref.description)
         result = await app.state.predictor.predict(state.ref, records)
         return _json(
             {
@@ -241,4 +259,4 @@ def _json(content: Any) -> Response:
 def create_pinned_app() -> FastAPI:
     """Factory for `modelserve inference --service …` (uvicorn factories take no arguments)."""
     service, model, version = os.environ["MODELSERVE_PINNED"].split("\t")
-    return create_app(Settings(), Pinned(service, model, int(version)))
+    return create_app(Settings(), Pinned(service, model, int(version)), own_process=True)

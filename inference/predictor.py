@@ -51,6 +51,8 @@ class Predictor:
             max_models=settings.session_cache_max_models, max_bytes=settings.session_cache_max_bytes
         )
         self._batchers: dict[str, tuple[Runtime, MicroBatcher]] = {}
+        # Versions stored before `batched` was recorded read as batched: the loaded graph knows better.
+        self._descriptions: dict[str, ModelDescription] = {}
         self._closing: set[asyncio.Future[None]] = set()
 
     def _load(self, ref: VersionRef) -> tuple[Runtime, int]:
@@ -60,7 +62,15 @@ class Predictor:
         return runtime, path.stat().st_size
 
     async def runtime(self, ref: VersionRef) -> Runtime:
-        return await self.cache.get(ref.key, lambda: self._load(ref))
+        runtime = await self.cache.get(ref.key, lambda: self._load(ref))
+        if runtime.description.batched != ref.description.batched and ref.key not in self._descriptions:
+            self._descriptions[ref.key] = ref.description.model_copy(update={"batched": runtime.description.batched})
+        return runtime
+
+    async def _checked(self, ref: VersionRef, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+        if ref.description.format == "onnx" and ref.key not in self.cache:
+            await self.runtime(ref)  # first call: validate with what the loaded graph says of its batch axis
+        return await _validate(self._descriptions.get(ref.key, ref.description), records)
 
     def _batcher(self, ref: VersionRef, runtime: Runtime) -> MicroBatcher:
         current = self._batchers.get(ref.key)
@@ -70,10 +80,12 @@ class Predictor:
             task = asyncio.ensure_future(current[1].close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+        # A graph without a batch axis answers each record on its own: one request per engine call, no waiting.
+        batched = runtime.description.batched
         batcher = MicroBatcher(
             runtime.predict,
-            max_batch_size=self.settings.max_batch_size,
-            max_batch_delay_ms=self.settings.max_batch_delay_ms,
+            max_batch_size=self.settings.max_batch_size if batched else 1,
+            max_batch_delay_ms=self.settings.max_batch_delay_ms if batched else 0.0,
             name=f"{ref.model}:{ref.version}",
         )
         self._batchers[ref.key] = (runtime, batcher)
@@ -81,7 +93,7 @@ class Predictor:
 
     async def predict(self, ref: VersionRef, records: list[dict[str, Any]]) -> Prediction:
         start = time.perf_counter()
-        clean, warnings = await _validate(ref, records)
+        clean, warnings = await self._checked(ref, records)
         validated = time.perf_counter()
         runtime = await self.runtime(ref)
         loaded = time.perf_counter()
@@ -103,7 +115,7 @@ class Predictor:
                 results.append(records)
                 continue
             try:
-                clean, warnings = await _validate(ref, records)
+                clean, warnings = await self._checked(ref, records)
             except Exception as exc:
                 results.append(exc)
                 continue
@@ -135,10 +147,12 @@ class Predictor:
         await self.cache.clear()
 
 
-async def _validate(ref: VersionRef, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+async def _validate(
+    description: ModelDescription, records: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
     if len(records) > _VALIDATE_IN_THREAD:
-        return await asyncio.to_thread(validate_records, ref.description, records)
-    return validate_records(ref.description, records)
+        return await asyncio.to_thread(validate_records, description, records)
+    return validate_records(description, records)
 
 
 def _timing(start: float, validated: float, loaded: float, done: float) -> dict[str, float]:

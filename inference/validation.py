@@ -143,13 +143,26 @@ def _check_onnx(spec: FieldSpec, value: Any) -> Any:
     if spec.data_type.startswith(("seq(", "map(")):
         return value  # non-tensor inputs: onnxruntime checks them
     if spec.shape is None:
-        if isinstance(value, list):
-            return [_check_onnx(spec, item) for item in value]
-        return _leaf(value, spec.data_type)
+        return _any_tensor(spec, value)
     per_record = list(spec.shape[1:])  # the first dimension is the batch
     if per_record in ([], [1]) and not isinstance(value, list):
         return _leaf(value, spec.data_type)
     return _tensor(value, per_record, spec.data_type)
+
+
+def _any_tensor(spec: FieldSpec, value: Any) -> Any:
+    if isinstance(value, list):
+        return [_any_tensor(spec, item) for item in value]
+    return _leaf(value, spec.data_type)
+
+
+def _check_whole_onnx(spec: FieldSpec, value: Any) -> Any:
+    """A whole tensor for a graph without a batch axis: the declared shape, its leading dimension included."""
+    if spec.data_type.startswith(("seq(", "map(")):
+        return value
+    if spec.shape is None:
+        return _any_tensor(spec, value)
+    return _tensor(value, list(spec.shape), spec.data_type)
 
 
 def validate_records(
@@ -159,7 +172,9 @@ def validate_records(
 
     Raises `ValidationFailed` listing every bad field as `inputs[i].name` with what was expected.
     """
-    check = _check_onnx if description.format == "onnx" else _check_pmml
+    check = _check_pmml
+    if description.format == "onnx":
+        check = _check_onnx if description.batched else _check_whole_onnx
     specs = {spec.name: spec for spec in description.inputs}
     errors: list[dict[str, Any]] = []
     unknown: dict[str, None] = {}

@@ -95,6 +95,7 @@ class ModelCatalog:
             outputs=row.signature.get("outputs", []),
             targets=row.signature.get("targets", []),
             class_labels=row.signature.get("class_labels"),
+            batched=row.signature.get("batched", True),  # versions stored before the field had a batch axis
             sha256=row.sha256,
             size_bytes=row.size_bytes,
             filename=row.filename,
@@ -102,6 +103,20 @@ class ModelCatalog:
             aliases=[a for a, v in aliases.items() if v == row.version],
             created_at=row.created_at,
         )
+
+    def version_with_artifact(
+        self, name: str, sha256: str, function_type: str | None = None
+    ) -> tuple[RegisteredModel, ModelVersion] | None:
+        """The newest version of model `name` stored from the file `sha256` (and served as `function_type`,
+        when given), None if there is none: an upload of the same file again answers that version."""
+        model = self.session.exec(select(RegisteredModel).where(RegisteredModel.name == name)).first()
+        if model is None:
+            return None
+        query = select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.sha256 == sha256)
+        if function_type is not None:
+            query = query.where(ModelVersion.function_type == function_type)
+        row = self.session.exec(query.order_by(col(ModelVersion.version).desc())).first()
+        return (model, row) if row is not None else None
 
     def description_of(self, row: ModelVersion) -> ModelDescription:
         return ModelDescription(
@@ -181,7 +196,9 @@ class ModelCatalog:
         """Store a validated upload as the next version; concurrent uploads under one name get distinct numbers."""
         check_name(name)
         self.store.commit(staged)
-        signature = described.model_dump(include={"inputs", "outputs", "targets", "class_labels"}, mode="json")
+        signature = described.model_dump(
+            include={"inputs", "outputs", "targets", "class_labels", "batched"}, mode="json"
+        )
         for _attempt in range(20):
             try:
                 model = self._get_or_create_model(name, description)

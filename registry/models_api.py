@@ -17,7 +17,16 @@ from inference.runtimes.examples import example_body
 from registry.catalog import ModelCatalog, check_name
 from registry.database import SessionDep
 from registry.events import publish_event
-from registry.schemas import AliasPublic, AliasTarget, ModelDetail, ModelPatch, ModelSummary, ModelVersionPublic, Page
+from registry.schemas import (
+    AliasPublic,
+    AliasTarget,
+    ModelDetail,
+    ModelPatch,
+    ModelSummary,
+    ModelVersionPublic,
+    Page,
+    valid_name,
+)
 from registry.services import alias_followers
 from registry.services_api import roll_followers
 from shared.errors import Conflict, InvalidModel, ModelServeError, ValidationFailed, field_error
@@ -66,6 +75,10 @@ _UPLOAD_DOC = {
                         "name": {"type": "string", "description": "Model name; an existing name gets a new version"},
                         "description": {"type": "string"},
                         "function_type": {"type": "string", "enum": list(_FUNCTION_TYPES)},
+                        "force": {
+                            "type": "boolean",
+                            "description": "Store a new version even when this file is already one of the model's",
+                        },
                     },
                 }
             }
@@ -74,18 +87,51 @@ _UPLOAD_DOC = {
 }
 
 
+class UploadedVersion(ModelVersionPublic):
+    """The version an upload made (201), or the version already stored from the same file (200)."""
+
+    existing: bool = False
+    """True when the file's sha256 is already one of the model's versions and that version is answered."""
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+def _existing_version(request: Request, name: str, sha256: str, function_type: str | None) -> UploadedVersion | None:
+    with Session(request.app.state.engine) as session:
+        catalog = ModelCatalog(session, request.app.state.store, request.app.state.usage_check)
+        found = catalog.version_with_artifact(name, sha256, function_type)
+        if found is None:
+            return None
+        return UploadedVersion(**catalog.version_public(*found).model_dump(), existing=True)
+
+
 @router.post(
     "",
     status_code=201,
-    response_model=ModelVersionPublic,
+    response_model=UploadedVersion,
     summary="Upload a model file (PMML or ONNX) as a new version",
     openapi_extra=_UPLOAD_DOC,
+    responses={200: {"model": UploadedVersion, "description": "The same file is already a version of the model"}},
 )
-async def upload_model(request: Request, response: Response) -> ModelVersionPublic:
+async def upload_model(request: Request, response: Response) -> UploadedVersion:
+    """A new version from the file; the same file (sha256) as an existing version of the model answers that
+    version with 200 and `existing: true`, unless `force=true` (form field or query parameter)."""
     settings: Settings = request.app.state.settings
     store = request.app.state.store
     form = await receive_upload(request, store, settings.max_upload_bytes)
+    force_value = form.fields.get("force") or request.query_params.get("force") or ""
     try:
+        if form.file is not None and form.file.size_bytes and force_value.strip().lower() not in _TRUE:
+            name = form.fields.get("name", "").strip()
+            requested_type = form.fields.get("function_type") or None
+            if name and valid_name(name):
+                existing = await run_in_threadpool(_existing_version, request, name, form.file.sha256, requested_type)
+                if existing is not None:
+                    store.discard(form.file)
+                    response.status_code = 200
+                    response.headers["Location"] = f"/api/v1/models/{existing.model}/versions/{existing.version}"
+                    return existing
         errors = []
         name = form.fields.get("name", "").strip()
         if not name:
@@ -108,14 +154,14 @@ async def upload_model(request: Request, response: Response) -> ModelVersionPubl
             store.discard(form.file)
         raise
 
-    def save() -> ModelVersionPublic:
+    def save() -> UploadedVersion:
         assert form.file is not None
         with Session(request.app.state.engine) as session:
             catalog = ModelCatalog(session, store, request.app.state.usage_check)
             model, row = catalog.add_version(
                 name, form.file, described, filename=form.filename, description=form.fields.get("description")
             )
-            return catalog.version_public(model, row)
+            return UploadedVersion(**catalog.version_public(model, row).model_dump())
 
     try:
         public = await run_in_threadpool(save)

@@ -47,6 +47,9 @@ class ModelVersionPublic(BaseModel):
     outputs: list[FieldSpec]
     targets: list[FieldSpec]
     class_labels: list[Any] | None = None
+    batched: bool = True
+    """Records are rows along a leading batch axis (coalescing allowed); False for an ONNX graph served with
+    whole tensors as it declares them (see `ModelDescription.batched`)."""
     sha256: str
     size_bytes: int
     filename: str | None = None

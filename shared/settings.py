@@ -227,6 +227,30 @@ class Settings(BaseSettings):
     """Predicts (REST, V2) one service may have in flight in one gateway process; beyond it the gateway answers
     429 with Retry-After at once instead of queueing (load shedding: a client backs off, the replicas keep up)."""
 
+    # --- inf ---
+    pmml_max_xml_depth: int = Field(default=1000, ge=1)
+    """Deepest element nesting a PMML file may have (deep trees nest a few hundred); checked by a streaming
+    parse before any engine builds the document, so a hostile file is refused (413) without growing memory."""
+
+    pmml_max_xml_elements: int = Field(default=5_000_000, ge=1)
+    """Most XML elements a PMML file may hold (a 500-tree forest has ~3 million); refused (413) past it."""
+
+    onnx_max_tensor_bytes: int = Field(default=1024**3, ge=0)
+    """Largest tensor an ONNX graph may declare or imply, as shape inference sees it at upload (dynamic
+    dimensions counted as 1); a graph above it is refused (422). 0 disables the check."""
+
+    onnx_max_output_bytes: int = Field(default=256 * 1024**2, ge=0)
+    """Most bytes one ONNX call's tensor outputs may take before the call is refused (413) rather than
+    answered. 0: no limit."""
+
+    replica_max_memory_bytes: int = Field(default=4 * 1024**3, ge=0)
+    """Memory one inference process (replica or pool) may use: its data segment is limited to this
+    (RLIMIT_DATA, so an allocation past it fails the call, not the host) and a watchdog restarts the
+    process when its resident memory still grows past it. 0: no limit."""
+
+    replica_memory_check_seconds: float = Field(default=1.0, gt=0)
+    """How often the inference process's memory watchdog reads its resident memory."""
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:

@@ -16,6 +16,7 @@ from inference.runtimes.base import (
     Runtime,
     RuntimeLoader,
 )
+from inference.runtimes.xml_limits import check_xml_limits
 from shared.errors import InvalidModel
 from shared.settings import Settings
 
@@ -94,7 +95,10 @@ def load_runtime(
 
     `function_type` is the uploader's override (422 naming `function_type` when the file contradicts it);
     `engine` forces a PMML engine (`jpmml`/`pypmml`), else `settings.pmml_engine` decides.
-    Raises `InvalidModel` (422) for a file no engine can load.
+    Raises `InvalidModel` (422) for a file no engine can load, `PayloadTooLarge` (413) for XML past the
+    depth or element limits.
     """
     model_format = detect_format(path)
+    if model_format == "pmml":  # bounded before an engine builds the whole document in memory
+        check_xml_limits(path, max_depth=settings.pmml_max_xml_depth, max_elements=settings.pmml_max_xml_elements)
     return LOADERS[model_format](path, function_type=function_type, settings=settings, engine=engine)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from shared.settings import Settings
 
 FunctionType = Literal[
@@ -69,6 +71,11 @@ class ModelDescription(BaseModel):
     outputs: list[FieldSpec] = Field(default_factory=list)
     targets: list[FieldSpec] = Field(default_factory=list)
     class_labels: list[Any] | None = None
+    batched: bool = True
+    """Records are rows along a leading dynamic dimension shared by every input and output, so a batch of
+    records is one engine call and concurrent requests may be coalesced (every PMML model; ONNX graphs that
+    declare such an axis). False: the graph declares no batch axis; each record holds whole tensors of the
+    declared shapes, runs alone, and its outputs come back exactly as onnxruntime gives them."""
 
 
 @runtime_checkable
@@ -83,6 +90,17 @@ class Runtime(Protocol):
         Each answer is normalised by function type: classification `label` + `probabilities`
         {class: p}; regression `value`; clustering `cluster` (+ `distances`/`affinities`);
         dimensionality reduction `components` [...]; always the engine's outputs under `raw`.
+        """
+        ...
+
+    def predict_columns(self, inputs: Mapping[str, Sequence[np.ndarray]]) -> dict[str, np.ndarray] | None:
+        """Batch scoring without records: each input as its numeric column(s), the answers as flat columns.
+
+        `inputs` maps a model input to one 1-D array per column (several for an `[N, k]` tensor), all of one
+        length and without missing values. Returns the normalised answers as columns named as batch outputs
+        are (`label`, `probability_<class>`, `value`, `cluster`, `component_<i>`), the same values `predict`
+        gives; or None when this runtime or these inputs take the record path, which the caller then follows
+        (validate, `predict`). A runtime without a columnar path returns None for every input.
         """
         ...
 

@@ -32,10 +32,15 @@ def _scalar(spec: FieldSpec) -> Any:
     return "a"
 
 
-def example_value(spec: FieldSpec) -> Any:
-    """A value the validator accepts: a scalar, or a list for an `[N, k]` tensor input."""
+def example_value(spec: FieldSpec, batched: bool = True) -> Any:
+    """A value the validator accepts: a scalar, or a list for an `[N, k]` tensor input; for a graph without
+    a batch axis (`batched` False), the whole tensor of the declared shape (dynamic dimensions as 1)."""
     shape = spec.shape or []
     value = _scalar(spec)
+    if not batched and "(" not in spec.data_type:
+        for size in reversed(shape):
+            value = [value] * (size if isinstance(size, int) and size >= 0 else 1)
+        return value
     if len(shape) >= 2:
         inner = [d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]]
         for size in reversed(inner):
@@ -46,4 +51,4 @@ def example_value(spec: FieldSpec) -> Any:
 
 
 def example_body(description: ModelDescription) -> dict[str, Any]:
-    return {"inputs": {spec.name: example_value(spec) for spec in description.inputs}}
+    return {"inputs": {spec.name: example_value(spec, description.batched) for spec in description.inputs}}

@@ -221,6 +221,42 @@ def resolve_function_type(inferred: FunctionType, declared: FunctionType | None,
     )
 
 
+def _leading(shape: list[int | str | None] | None) -> tuple[bool, str | None]:
+    """(whether the leading dimension is dynamic, its symbol if it has one) of a declared tensor shape."""
+    if not shape:
+        return False, None
+    first = shape[0]
+    return not isinstance(first, int), first if isinstance(first, str) else None
+
+
+def has_batch_axis(model: ModelProto) -> bool:
+    """Whether records can be rows along a leading dimension every tensor input and output shares.
+
+    True when every tensor input declares a rank of at least 1 with a dynamic leading dimension, all of one
+    symbol (unnamed ones may be any), and no tensor output contradicts it (a scalar, a fixed leading
+    dimension or another symbol; an output of unknown shape, such as a ZipMap's maps, does not). Anything
+    else is served as it is: a record holds whole tensors and runs alone.
+    """
+    symbols: set[str] = set()
+    tensors = [spec for spec in inputs_of(model) if "(" not in spec.data_type]
+    if not tensors:
+        return False
+    for spec in tensors:
+        dynamic, symbol = _leading(spec.shape)
+        if not dynamic:
+            return False
+        symbols.update([symbol] if symbol else [])
+    if len(symbols) > 1:
+        return False
+    for output in outputs_of(model):
+        if output.shape is None or "(" in output.data_type:
+            continue
+        dynamic, symbol = _leading(output.shape)
+        if not dynamic or (symbol and symbols and symbol not in symbols):
+            return False
+    return True
+
+
 def inputs_of(model: ModelProto) -> list[FieldSpec]:
     initializers = {t.name for t in model.graph.initializer}
     return [

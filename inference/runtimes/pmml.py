@@ -9,6 +9,7 @@ are normalised from the XML's declarations, so they are the same whichever engin
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,10 @@ class PmmlRuntime:
                 plan = self._plan = _ClassificationPlan(self._schema)
             return plan.answers(rows)
         return [normalise(self._schema, function_type, row) for row in rows]
+
+    def predict_columns(self, inputs: Mapping[str, Sequence[Any]]) -> None:
+        """No columnar path: the engines evaluate records, so batch scoring takes the record path."""
+        return None
 
     def unload(self) -> None:
         """Drop the engine's model (the JVM stays: it is shared and cannot be restarted)."""

@@ -19,7 +19,7 @@ IRIS = {"X": [5.1, 3.5, 1.4, 0.2]}
 
 @pytest.fixture
 def registry_server(settings: Settings, onnx_models: dict[str, Path], pmml_models: dict[str, Path]) -> Iterator[str]:
-    with LiveServer(create_registry(settings)) as server, httpx.Client(base_url=server.url) as client:
+    with LiveServer(create_registry(settings)) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         for name, path in (("rf", onnx_models["random_forest"]), ("tree", pmml_models["decision_tree"]),
                            ("lin", onnx_models["linear_regression"]), ("km", pmml_models["kmeans"])):  # fmt: skip
             resp = client.post("/api/v1/models", data={"name": name}, files={"file": (path.name, path.read_bytes())})
@@ -98,8 +98,27 @@ async def test_regression_and_clustering_shapes_and_cache_metrics(pool: httpx.As
 
 
 async def test_example_body_is_accepted_by_test(pool: httpx.AsyncClient, registry_server: str) -> None:
-    async with httpx.AsyncClient(base_url=registry_server) as registry:
+    async with httpx.AsyncClient(base_url=registry_server, timeout=120) as registry:
         for name in ("rf", "tree", "lin", "km"):
             example = (await registry.get(f"/api/v1/models/{name}/versions/latest/example")).json()
             resp = await pool.post(f"/api/v1/models/{name}/versions/latest/test", json=example)
             assert resp.status_code == 200, (name, example, resp.text)
+
+
+async def test_a_declared_oversized_file_is_refused_before_reading(pool: httpx.AsyncClient) -> None:
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.csv"\r\n\r\n'
+        for _ in range(512):
+            sent += 1
+            yield b"a" * (1024 * 1024)
+
+    resp = await pool.post(
+        "/api/v1/models/rf/versions/1/test",
+        content=body(),
+        headers={"content-type": "multipart/form-data; boundary=b", "content-length": str(512 * 1024 * 1024)},
+    )
+    assert resp.status_code == 413
+    assert sent < 512

@@ -209,10 +209,12 @@ def test_scalar_records_for_an_n_by_1_input(tmp_path: Path, runtime_settings: Se
     assert [a["raw"]["y"] for a in answers] == [[3.0], [4.0]]
 
 
-def test_batch_size_one_graph_runs_record_by_record(tmp_path: Path, runtime_settings: Settings) -> None:
+def test_batch_size_one_graph_takes_whole_tensors_record_by_record(tmp_path: Path, runtime_settings: Settings) -> None:
+    # A fixed leading dimension of 1 is no batch axis: each record is the [1, 3] tensor, answered as [1, 3].
     runtime = load_runtime(_tiny_model(tmp_path / "b1.onnx", [1, 3]), runtime_settings)
-    answers = runtime.predict([{"x": [1.0, 2.0, 3.0]}, {"x": [0.5, 0.0, -1.0]}])
-    assert [a["raw"]["y"] for a in answers] == [[2.0, 4.0, 6.0], [1.0, 0.0, -2.0]]
+    assert runtime.description.batched is False
+    answers = runtime.predict([{"x": [[1.0, 2.0, 3.0]]}, {"x": [[0.5, 0.0, -1.0]]}])
+    assert [a["raw"]["y"] for a in answers] == [[[2.0, 4.0, 6.0]], [[1.0, 0.0, -2.0]]]
 
 
 def test_wrong_shape_reaching_the_runtime_is_a_validation_error(
@@ -350,10 +352,10 @@ def test_compiled_classifier_answers_equal_the_general_path(
     name: str, onnx_models: dict[str, Path], runtime_settings: Settings
 ) -> None:
     runtime: Any = load_runtime(onnx_models[name], runtime_settings)
-    assert runtime._classify is not None, "the compiled path is the one under test"
+    assert runtime._answers.classify_plan is not None, "the compiled path is the one under test"
     records = [{"X": row} for row in np.random.default_rng(3).uniform(0.1, 7.9, (300, 4)).tolist()]
     compiled = runtime.predict(records)
-    runtime._classify = None
+    runtime._answers.classify_plan = None
     general = runtime.predict(records)
     assert compiled == general
     assert [list(a) for a in compiled[:1]] == [list(a) for a in general[:1]]  # same key order
@@ -383,8 +385,8 @@ def test_session_runs_without_the_zipmap_node(
     assert [a["probabilities"] for a in answers] == [{str(k): v for k, v in m.items()} for m in maps]
 
     # The rare fallback: onnxruntime's own ZipMap, from the original graph built on first need.
-    monkeypatch.setattr(onnx_runtime, "_zipmap_column", lambda *args: None)
-    runtime._classify = None
+    monkeypatch.setattr(onnx_runtime, "zipmap_column", lambda *args: None)
+    runtime._answers.classify_plan = None
     fallback = runtime.predict(records)
     assert runtime._full_session is not None
     assert [a["label"] for a in fallback] == labels.tolist()
@@ -398,7 +400,7 @@ def test_a_graph_the_pruning_does_not_suit_is_served_whole(
 ) -> None:
     records = models.onnx_records(models.sample_records("random_forest", 10), "random_forest")
     expected = load_runtime(onnx_models["random_forest"], runtime_settings).predict(records)
-    monkeypatch.setattr(onnx_runtime, "_without_zipmaps", lambda *args: b"not a graph")
+    monkeypatch.setattr(onnx_runtime, "without_zipmaps", lambda *args: b"not a graph")
     runtime: Any = load_runtime(onnx_models["random_forest"], runtime_settings)
     assert runtime._zipmap_sources == {}
     answers = runtime.predict(records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +62,59 @@ async def test_nothing_valid_skips_the_engine(predictor_and_ref: tuple[Predictor
         await predictor.close()
     assert isinstance(results[0], ValidationFailed)
     assert predictor._batchers == {}
+
+
+@pytest.mark.parametrize(("fixture", "batched"), [("random_forest", True), ("concat", False)])
+async def test_only_graphs_with_a_batch_axis_share_engine_calls(
+    fixture: str, batched: bool, onnx_models: dict[str, Path], tmp_path: Path
+) -> None:
+    from tests.fixtures import models
+
+    path = onnx_models[fixture] if fixture in onnx_models else models.make_onnx_concat(tmp_path)
+    settings = Settings(environment="test", data_dir=tmp_path / "data", log_json=False, max_batch_delay_ms=50.0)
+    store = LocalArtifactStore(settings.artifacts_dir)
+    writer = store.writer(10**9)
+    writer.write(path.read_bytes())
+    staged = writer.finish()
+    store.commit(staged)
+    description = load_runtime(path, settings).description
+    assert description.batched is batched
+    predictor = Predictor(settings, store)
+    ref = VersionRef(fixture, 1, staged.sha256, description)
+    record = {"X": [5.1, 3.5, 1.4, 0.2]} if batched else {"A": [[1.0, 2.0, 3.0]], "B": [[4.0, 5.0, 6.0]]}
+    try:
+        runtime = await predictor.runtime(ref)
+        calls: list[int] = []
+        predict = runtime.predict
+
+        def counting(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            calls.append(len(records))
+            return predict(records)
+
+        runtime.predict = counting  # type: ignore[method-assign]
+        results = await predictor.predict_many(ref, [[record], [record], [record]])
+    finally:
+        await predictor.close()
+    assert all(isinstance(r, Prediction) and len(r.predictions) == 1 for r in results)
+    assert calls == ([3] if batched else [1, 1, 1])
+
+
+async def test_a_version_stored_without_its_batch_flag_is_validated_as_the_graph_declares(tmp_path: Path) -> None:
+    from tests.fixtures import models
+
+    path = models.make_onnx_concat(tmp_path)
+    settings = Settings(environment="test", data_dir=tmp_path / "data", log_json=False)
+    store = LocalArtifactStore(settings.artifacts_dir)
+    writer = store.writer(10**9)
+    writer.write(path.read_bytes())
+    staged = writer.finish()
+    store.commit(staged)
+    stale = load_runtime(path, settings).description.model_copy(update={"batched": True})  # an older registry row
+    predictor = Predictor(settings, store)
+    try:
+        result = await predictor.predict(
+            VersionRef("concat", 1, staged.sha256, stale), [{"A": [[1.0, 2.0, 3.0]], "B": []}]
+        )
+    finally:
+        await predictor.close()
+    assert result.predictions == [{"raw": {"C": [[1.0, 2.0, 3.0]]}}]

@@ -34,6 +34,9 @@ class FakeRuntime:
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{"value": record["x"], "raw": {}} for record in records]
 
+    def predict_columns(self, inputs: Any) -> None:
+        return None  # no columnar path: callers take the record path
+
     def unload(self) -> None:
         self.unloads += 1
 

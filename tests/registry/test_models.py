@@ -124,7 +124,9 @@ async def test_versions_aliases_and_download(
 async def test_concurrent_uploads_get_distinct_versions(
     registry: httpx.AsyncClient, onnx_models: dict[str, Path]
 ) -> None:
-    responses = await asyncio.gather(*(upload(registry, onnx_models["linear_regression"], "race") for _ in range(6)))
+    responses = await asyncio.gather(
+        *(upload(registry, onnx_models["linear_regression"], "race", force="true") for _ in range(6))
+    )
     assert [r.status_code for r in responses] == [201] * 6, [r.text for r in responses]
     assert sorted(r.json()["version"] for r in responses) == [1, 2, 3, 4, 5, 6]
 
@@ -221,3 +223,55 @@ async def test_size_limit_answers_413_and_leaves_nothing(
         assert declared.status_code == 413
         assert sent < 2048  # refused before reading the body
     assert stored_files(small) == []
+
+
+async def test_the_same_file_again_answers_its_existing_version_unless_forced(
+    registry: httpx.AsyncClient, db_settings: Settings, onnx_models: dict[str, Path]
+) -> None:
+    first = await upload(registry, onnx_models["random_forest"], "iris")
+    assert first.status_code == 201 and first.json()["existing"] is False
+    again = await upload(registry, onnx_models["random_forest"], "iris")
+    assert again.status_code == 200, again.text
+    body = again.json()
+    assert body["existing"] is True and body["version"] == 1 and body["sha256"] == first.json()["sha256"]
+    assert again.headers["location"] == "/api/v1/models/iris/versions/1"
+    assert (await registry.get("/api/v1/models/iris")).json()["versions"] == [1]
+    assert len(stored_files(db_settings)) == 1
+
+    forced = await upload(registry, onnx_models["random_forest"], "iris", force="true")
+    assert forced.status_code == 201 and forced.json()["version"] == 2 and forced.json()["existing"] is False
+    by_query = await registry.post(
+        "/api/v1/models",
+        params={"force": "true"},
+        data={"name": "iris"},
+        files={"file": ("rf.onnx", onnx_models["random_forest"].read_bytes())},
+    )
+    assert by_query.status_code == 201 and by_query.json()["version"] == 3
+    # A new file, or the same file under another model or served as another function type, is a new version.
+    other = await upload(registry, onnx_models["logistic_regression"], "iris")
+    assert other.status_code == 201 and other.json()["version"] == 4
+    elsewhere = await upload(registry, onnx_models["random_forest"], "iris-copy")
+    assert elsewhere.status_code == 201 and elsewhere.json()["version"] == 1
+    as_other = await upload(registry, onnx_models["random_forest"], "iris", function_type="other")
+    assert as_other.status_code == 201 and as_other.json()["version"] == 5
+    assert (await upload(registry, onnx_models["random_forest"], "iris", function_type="other")).status_code == 200
+
+
+async def test_hostile_files_are_refused_at_upload(
+    sqlite_registry: httpx.AsyncClient, sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    from tests.fixtures import models
+
+    nested = models.make_pmml_deeply_nested(tmp_path, mebibytes=60)
+    with nested.open("rb") as fh:
+        resp = await sqlite_registry.post(
+            "/api/v1/models", data={"name": "deep"}, files={"file": ("deep.pmml", fh, "application/xml")}
+        )
+    assert resp.status_code == 413, resp.text
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert resp.json()["errors"][0]["field"] == "file"
+    huge = await upload(sqlite_registry, models.make_onnx_constant_of_shape(tmp_path), name="huge")
+    assert huge.status_code == 422, huge.text
+    assert "onnx_max_tensor_bytes" in huge.json()["detail"]
+    assert (await sqlite_registry.get("/api/v1/models")).json()["total"] == 0
+    assert stored_files(sqlite_settings) == []
