@@ -48,6 +48,8 @@ class FieldSpec(BaseModel):
     missing_values: list[Any] | None = None
     """PMML values that stand for a missing value (`<Value property="missing">`), e.g. "NA"."""
     required: bool = True
+    multi_valued: bool = False
+    """A PMML field that takes a list of values per record (the items of an `AssociationModel` transaction)."""
 
 
 class EngineInfo(BaseModel):
@@ -56,6 +58,8 @@ class EngineInfo(BaseModel):
     """Version of the library that evaluates the model."""
     implementation: str | None = None
     """Which library serves it: `onnxruntime`, `jpmml-evaluator` or `pypmml`."""
+    cross_check: dict[str, Any] | None = None
+    """PMML loaded by both engines: how their answers compared at upload (`agree`, `records`, `differences`)."""
 
 
 class ModelDescription(BaseModel):

@@ -36,6 +36,8 @@ def example_value(spec: FieldSpec) -> Any:
     """A value the validator accepts: a scalar, or a list for an `[N, k]` tensor input."""
     shape = spec.shape or []
     value = _scalar(spec)
+    if spec.multi_valued:  # a PMML transaction: a list of items
+        return [value]
     if len(shape) >= 2:
         inner = [d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]]
         for size in reversed(inner):
