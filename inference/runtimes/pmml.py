@@ -129,9 +129,7 @@ def load_pmml(
             reasons[name] = str(exc)
             logger.info("PMML engine %s refused %s: %s", name, path.name, exc)
     if not loaded:
-        raise InvalidModel(
-            "No PMML engine can serve this model: " + "; ".join(f"{n}: {r}" for n, r in reasons.items())
-        )
+        raise InvalidModel("No PMML engine can serve this model: " + "; ".join(f"{n}: {r}" for n, r in reasons.items()))
     if len(loaded) == 1:
         return next(iter(loaded.values()))
     chosen, report = cross_check(schema, loaded)

@@ -85,17 +85,32 @@ def generated_records(schema: PmmlSchema) -> list[dict[str, Any]]:
     return records
 
 
-def _answer(runtime: PmmlRuntime, record: dict[str, Any]) -> dict[str, Any] | str:
-    try:
-        (answer,) = runtime.predict([record])
-    except ModelServeError as exc:
+def _error(exc: Exception) -> str:
+    if isinstance(exc, ModelServeError):
         errors = exc.errors or []
         return "error: " + "; ".join(str(e.get("message", "")) for e in errors) if errors else f"error: {exc.detail}"
-    except Exception as exc:  # an engine's own failure on a generated record counts against that engine
-        return f"error: {type(exc).__name__}: {exc}"[:500]
+    return f"error: {type(exc).__name__}: {exc}"[:500]
+
+
+def _compared(answer: dict[str, Any]) -> dict[str, Any]:
     if set(answer) == {"raw"}:  # association rules and the like: their outputs are the answer
         return answer
     return {key: value for key, value in answer.items() if key != "raw"}
+
+
+def _answers(runtime: PmmlRuntime, records: list[dict[str, Any]]) -> list[dict[str, Any] | str]:
+    """Each record's answer (or "error: …"): one batch call, record by record only when the batch fails."""
+    try:
+        return [_compared(answer) for answer in runtime.predict(records)]
+    except Exception:  # an engine's own failure on a generated record counts against that engine
+        pass
+    found: list[dict[str, Any] | str] = []
+    for record in records:
+        try:
+            found.append(_compared(runtime.predict([record])[0]))
+        except Exception as exc:
+            found.append(_error(exc))
+    return found
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -118,8 +133,9 @@ def cross_check(schema: PmmlSchema, runtimes: dict[str, PmmlRuntime]) -> tuple[s
     only_failed = dict.fromkeys(names, 0)
     differences: list[dict[str, Any]] = []
     disagreements = 0
+    by_engine = {name: _answers(runtimes[name], records) for name in names}
     for i, record in enumerate(records):
-        answers = {name: _answer(runtimes[name], record) for name in names}
+        answers = {name: by_engine[name][i] for name in names}
         failed = {name for name, answer in answers.items() if isinstance(answer, str)}
         if len(failed) == len(names):
             continue  # a record no engine evaluates (e.g. invalid for the model): nothing to compare

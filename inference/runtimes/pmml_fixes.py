@@ -112,7 +112,8 @@ def _double_integer_target(root: Element, model: Element, schema: PmmlSchema) ->
             data_field.set("dataType", "double")
     output = child(model, "Output")
     for output_field in children(output, "OutputField") if output is not None else []:
-        if output_field.get("feature", "predictedValue") == "predictedValue" and output_field.get("dataType") == "integer":
+        predicted = output_field.get("feature", "predictedValue") == "predictedValue"
+        if predicted and output_field.get("dataType") == "integer":
             output_field.set("dataType", "double")
     return f"integer target {target.name!r} evaluated as double, then cast ({schema.cast_integer})"
 

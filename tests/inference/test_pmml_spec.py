@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from inference.runtimes import Runtime, load_runtime
@@ -123,7 +124,14 @@ def test_association_binds_to_the_engine_that_evaluates_it(spec_runtimes: dict[t
 
 # --- 3. Cox regression -------------------------------------------------------------------------------------
 
-COX_RECORDS = [(60.0, 1.0, 4.0), (40.0, 0.0, 0.5), (50.0, 0.0, 1.0), (35.0, 1.0, 2.999), (70.0, 0.0, 6.0), (45.0, 1.0, 9.5)]
+COX_RECORDS = [
+    (60.0, 1.0, 4.0),
+    (40.0, 0.0, 0.5),
+    (50.0, 0.0, 1.0),
+    (35.0, 1.0, 2.999),
+    (70.0, 0.0, 6.0),
+    (45.0, 1.0, 9.5),
+]
 
 
 @pytest.mark.parametrize("engine", ["jpmml", "auto"])
@@ -250,3 +258,42 @@ def test_cross_check_reports_agreement(name: str, spec_runtimes: dict[tuple[str,
 
 def test_forced_engine_has_no_cross_check(spec_runtimes: dict[tuple[str, str], Runtime]) -> None:
     assert spec_runtimes[("svm_categorical", "pypmml")].description.engine.cross_check is None
+
+
+# --- the way a user meets it: upload, describe, example, test over HTTP ------------------------------------
+
+
+async def test_upload_describe_and_test_over_http(settings: Settings, spec_models: dict[str, Path]) -> None:
+    from inference.app import create_app as create_inference
+    from registry.app import create_app as create_registry
+    from tests.conftest import LiveServer, asgi_client
+
+    with LiveServer(create_registry(settings)) as server, httpx.Client(base_url=server.url, timeout=120) as registry:
+        for name in ("association", "cox", "treatments"):
+            path = spec_models[name]
+            resp = registry.post("/api/v1/models", data={"name": name}, files={"file": (path.name, path.read_bytes())})
+            assert resp.status_code == 201, resp.text
+        described = {name: registry.get(f"/api/v1/models/{name}/versions/1").json() for name in ("association", "cox")}
+        example = registry.get("/api/v1/models/association/versions/1/example").json()
+        pool_settings = settings.model_copy(update={"registry_url": server.url})
+        async with asgi_client(create_inference(pool_settings)) as pool:
+            pool.timeout = httpx.Timeout(120)
+            basket = await pool.post("/api/v1/models/association/versions/1/test", json=example)
+            single = await pool.post("/api/v1/models/association/versions/1/test", json={"inputs": {"item": "milk"}})
+            cox = await pool.post(
+                "/api/v1/models/cox/versions/1/test", json={"inputs": {"age": 60, "treated": 1, "time": 4}}
+            )
+            treatments = await pool.post(
+                "/api/v1/models/treatments/versions/1/test", json={"inputs": {"b": "NaN", "c": None, "d": "hot"}}
+            )
+    for engine in (described["association"]["engine"], described["cox"]["engine"]):
+        assert engine["implementation"] == "jpmml-evaluator"
+        assert engine["cross_check"]["agree"] is False and engine["cross_check"]["differences"]
+    assert basket.status_code == 200, basket.text
+    assert basket.json()["predictions"][0]["raw"]["consequent"] == ["butter"]
+    assert single.status_code == 200, single.text
+    assert single.json()["predictions"][0]["raw"]["rule_id"] == "r3"
+    assert cox.status_code == 200, cox.text
+    assert _close(cox.json()["predictions"][0]["value"], spec.cox_survival(60, 1, 4))
+    assert treatments.status_code == 200, treatments.text
+    assert _close(treatments.json()["predictions"][0]["value"], spec.treated(A, B, C, "hot"))
