@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.runtimes.base import NO_GC_ROWS, EngineInfo, FunctionType, ModelDescription, gc_paused_for
-from inference.runtimes.pmml_crosscheck import cross_check
+from inference.runtimes.pmml_crosscheck import cross_check, refusal_report
 from inference.runtimes.pmml_engines import ENGINES, EngineError, EngineRow, JpmmlEngine, PypmmlEngine, RecordErrors
 from inference.runtimes.pmml_fixes import INJECTED_PREFIX, engine_document
 from inference.runtimes.pmml_schema import (
@@ -131,7 +131,10 @@ def load_pmml(
     if not loaded:
         raise InvalidModel("No PMML engine can serve this model: " + "; ".join(f"{n}: {r}" for n, r in reasons.items()))
     if len(loaded) == 1:
-        return next(iter(loaded.values()))
+        runtime = next(iter(loaded.values()))
+        if reasons:  # auto, and the other engine refused the model or its verification records
+            runtime.description.engine.cross_check = refusal_report(schema, runtime, reasons)
+        return runtime
     chosen, report = cross_check(schema, loaded)
     for name, runtime in loaded.items():
         if name != chosen:

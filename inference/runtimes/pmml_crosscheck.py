@@ -16,16 +16,20 @@ The report (`description.engine.cross_check`) names both engines, the records co
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from typing import TYPE_CHECKING, Any
 
 from inference.runtimes.base import FieldSpec
+from inference.runtimes.pmml_engines import ENGINES
 from inference.runtimes.pmml_schema import PmmlSchema, typed
 from shared.errors import ModelServeError
 
 if TYPE_CHECKING:
     from inference.runtimes.pmml import PmmlRuntime
+
+logger = logging.getLogger("modelserve.runtimes.pmml")
 
 GENERATED_RECORDS = 24
 """Records generated from the schema (besides the verification records)."""
@@ -102,8 +106,8 @@ def _answers(runtime: PmmlRuntime, records: list[dict[str, Any]]) -> list[dict[s
     """Each record's answer (or "error: …"): one batch call, record by record only when the batch fails."""
     try:
         return [_compared(answer) for answer in runtime.predict(records)]
-    except Exception:  # an engine's own failure on a generated record counts against that engine
-        pass
+    except Exception as exc:  # an engine's own failure on a generated record counts against that engine
+        logger.debug("cross-check batch failed on %s: %s", runtime.description.engine.implementation, exc)
     found: list[dict[str, Any] | str] = []
     for record in records:
         try:
@@ -165,3 +169,19 @@ def cross_check(schema: PmmlSchema, runtimes: dict[str, PmmlRuntime]) -> tuple[s
         "reason": reason,
     }
     return chosen, report
+
+
+def refusal_report(schema: PmmlSchema, runtime: PmmlRuntime, refused: dict[str, str]) -> dict[str, Any]:
+    """The report when only one engine loads the model (the other refused it or its verification records)."""
+    chosen = runtime.description.engine.implementation or ""
+    labels = {name: ENGINES[name].implementation for name in refused}
+    return {
+        "agree": False,
+        "records": 0,
+        "verification_records": len(schema.verification.rows) if schema.verification else 0,
+        "engines": [chosen, *labels.values()],
+        "refused": {labels[name]: reason for name, reason in refused.items()},
+        "differences": [],
+        "chosen": chosen,
+        "reason": f"{chosen} is the only engine that loads the model and reproduces its verification records",
+    }
