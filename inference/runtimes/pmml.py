@@ -9,11 +9,12 @@ are normalised from the XML's declarations, so they are the same whichever engin
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from inference.runtimes.base import NO_GC_ROWS, EngineInfo, FunctionType, ModelDescription, gc_paused_for
-from inference.runtimes.pmml_crosscheck import cross_check, refusal_report
+from inference.runtimes.pmml_crosscheck import GENERATED_RECORDS, cross_check, refusal_report
 from inference.runtimes.pmml_engines import ENGINES, EngineError, EngineRow, JpmmlEngine, PypmmlEngine, RecordErrors
 from inference.runtimes.pmml_fixes import INJECTED_PREFIX, engine_document
 from inference.runtimes.pmml_schema import (
@@ -90,6 +91,10 @@ class PmmlRuntime:
                 answer["raw"] = {k: v for k, v in answer["raw"].items() if not k.startswith(INJECTED_PREFIX)}
         return answers
 
+    def predict_columns(self, inputs: Mapping[str, Sequence[Any]]) -> None:
+        """No columnar path: the engines evaluate records, so batch scoring takes the record path."""
+        return None
+
     def unload(self) -> None:
         """Drop the engine's model (the JVM stays: it is shared and cannot be restarted)."""
         if self._engine is not None:
@@ -120,6 +125,7 @@ def load_pmml(
             errors=[field_error("engine", "unknown PMML engine", expected=list(ENGINE_CHOICES), received=choice)],
         )
     names = list(ENGINES) if choice == "auto" else [choice]
+    generated = settings.pmml_cross_check_records if settings is not None else GENERATED_RECORDS
     reasons: dict[str, str] = {}
     loaded: dict[str, PmmlRuntime] = {}
     for name in names:
@@ -128,14 +134,17 @@ def load_pmml(
         except EngineError as exc:
             reasons[name] = str(exc)
             logger.info("PMML engine %s refused %s: %s", name, path.name, exc)
+            continue
+        if not generated:  # no cross-check: the first engine that loads and verifies serves
+            break
     if not loaded:
         raise InvalidModel("No PMML engine can serve this model: " + "; ".join(f"{n}: {r}" for n, r in reasons.items()))
     if len(loaded) == 1:
         runtime = next(iter(loaded.values()))
-        if reasons:  # auto, and the other engine refused the model or its verification records
+        if reasons and generated:  # auto, and the other engine refused the model or its verification records
             runtime.description.engine.cross_check = refusal_report(schema, runtime, reasons)
         return runtime
-    chosen, report = cross_check(schema, loaded)
+    chosen, report = cross_check(schema, loaded, generated)
     for name, runtime in loaded.items():
         if name != chosen:
             runtime.unload()

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("modelserve.runtimes.pmml")
 
 GENERATED_RECORDS = 24
-"""Records generated from the schema (besides the verification records)."""
+"""Records generated from the schema besides the verification records (`Settings.pmml_cross_check_records`)."""
 MAX_DIFFERENCES = 10
 PREFERENCE = ("jpmml", "pypmml")
 TOLERANCE = 1e-6
@@ -73,8 +73,8 @@ def _options(spec: FieldSpec) -> list[Any]:
     return [None]  # dates and times: left missing
 
 
-def generated_records(schema: PmmlSchema) -> list[dict[str, Any]]:
-    """The verification records, then `GENERATED_RECORDS` drawn (deterministically) from each field's options."""
+def generated_records(schema: PmmlSchema, count: int = GENERATED_RECORDS) -> list[dict[str, Any]]:
+    """The verification records, then `count` drawn (deterministically) from each field's options."""
     records: list[dict[str, Any]] = []
     if schema.verification is not None:
         types = {spec.name: spec.data_type for spec in schema.inputs}
@@ -83,8 +83,10 @@ def generated_records(schema: PmmlSchema) -> list[dict[str, Any]]:
         ]
     options = {spec.name: _options(spec) for spec in schema.inputs}
     draw = random.Random(0)
-    records.append({name: values[0] for name, values in options.items()})
-    while len(records) < GENERATED_RECORDS + (len(schema.verification.rows) if schema.verification else 0):
+    wanted = len(records) + count
+    if count:
+        records.append({name: values[0] for name, values in options.items()})
+    while len(records) < wanted:
         records.append({name: draw.choice(values) for name, values in options.items()})
     return records
 
@@ -129,11 +131,13 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b and type(a) is type(b))
 
 
-def cross_check(schema: PmmlSchema, runtimes: dict[str, PmmlRuntime]) -> tuple[str, dict[str, Any]]:
+def cross_check(
+    schema: PmmlSchema, runtimes: dict[str, PmmlRuntime], count: int = GENERATED_RECORDS
+) -> tuple[str, dict[str, Any]]:
     """The engine name to serve with, and the report for `description.engine.cross_check`."""
     names = [name for name in PREFERENCE if name in runtimes]
     labels = {name: runtimes[name].description.engine.implementation or name for name in names}
-    records = generated_records(schema)
+    records = generated_records(schema, count)
     only_failed = dict.fromkeys(names, 0)
     differences: list[dict[str, Any]] = []
     disagreements = 0

@@ -8,6 +8,7 @@
   its JSON "split" form (one call per batch, no pandas).
 
 Each engine returns `EngineRow`s; `pmml.py` normalises them from the model's own description.
+Long module: both bindings side by side, as they must return the same rows.
 """
 
 from __future__ import annotations

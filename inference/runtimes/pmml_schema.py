@@ -3,6 +3,9 @@
 No engine sees a PMML file before `parse_pmml` accepted it: a DOCTYPE (the carrier of external entities,
 XXE, and of entity-expansion bombs) is refused outright, as PMML never needs one. The description comes
 from the XML too, so it is the same whichever engine later serves the model.
+
+Long module: one reading of a PMML document, element by element (fields, treatments, outputs, targets,
+clusters, verification records), sharing the same namespace-blind element helpers.
 """
 
 from __future__ import annotations

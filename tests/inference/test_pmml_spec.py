@@ -340,3 +340,11 @@ def test_an_engine_that_fails_the_generated_records_loses(spec_runtimes: dict[tu
     answers = _predict(runtime, [{"size": size, "colour": colour} for size, colour in SVM_RECORDS])
     labels = [spec.svm_weighted_class(size, colour) for size, colour in SVM_RECORDS]
     assert [a["label"] for a in answers] == labels
+
+
+def test_cross_check_can_be_switched_off(spec_models: dict[str, Path], runtime_settings: Settings) -> None:
+    """`pmml_cross_check_records=0`: the first engine that loads and verifies serves, as before the check."""
+    settings = runtime_settings.model_copy(update={"pmml_cross_check_records": 0})
+    engine = load_runtime(spec_models["svm_weighted"], settings).description.engine
+    assert engine.implementation == "jpmml-evaluator" and engine.cross_check is None
+    assert "cross_check" not in engine.model_dump()
