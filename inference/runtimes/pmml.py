@@ -151,7 +151,9 @@ def load_pmml(
     runtime = loaded[chosen]
     runtime.description.engine.cross_check = report
     if not report["agree"]:
-        logger.warning("PMML engines disagree on %s; serving with %s: %s", path.name, chosen, report)
+        logger.warning(
+            "PMML engines disagree on %s (%d differences); %s", path.name, len(report["differences"]), report["reason"]
+        )
     return runtime
 
 
@@ -168,7 +170,7 @@ def _load_with(name: str, data: bytes, schema: PmmlSchema, function_type: Functi
         inputs=schema.inputs,
         outputs=output_field_specs(schema),
         targets=schema.targets,
-        class_labels=schema.class_labels,
+        class_labels=document.schema.class_labels,  # pypmml names them when the file does not
     )
     return PmmlRuntime(description, document.schema, loaded, injected=document.injected)
 

@@ -21,6 +21,7 @@ before (no rewrite, no per-record work). Two kinds:
 
 from __future__ import annotations
 
+import copy
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -141,7 +142,8 @@ def engine_document(data: bytes, schema: PmmlSchema, engine: str) -> EngineDocum
     jpmml = engine == "jpmml"
     maybe_svm = schema.algorithm == "SupportVectorMachineModel"
     if not (needs_distances or (jpmml and schema.cast_integer) or maybe_svm):
-        return EngineDocument(data=data, schema=schema)
+        # A copy: an engine may complete its schema (pypmml: the class labels), never the other engine's.
+        return EngineDocument(data=data, schema=copy.copy(schema))
     root = parse_pmml(data)
     model = _model(root)
     changes: list[str] = []
@@ -152,7 +154,7 @@ def engine_document(data: bytes, schema: PmmlSchema, engine: str) -> EngineDocum
     if maybe_svm and (change := _binary_one_against_one(model)):
         changes.append(change)
     if not changes:
-        return EngineDocument(data=data, schema=schema)
+        return EngineDocument(data=data, schema=copy.copy(schema))
     rewritten = ET.tostring(root, encoding="utf-8", xml_declaration=True)
     described = describe_pmml(parse_pmml(rewritten))
     described.cast_integer, described.cox = schema.cast_integer, schema.cox
