@@ -95,12 +95,21 @@ def _valid(spec: FieldSpec, value: Any) -> bool:
 def _check_pmml(spec: FieldSpec, value: Any) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None  # an explicit missing value: the model's own missing-value handling applies
+    if spec.multi_valued:  # a list of values (association items); one value is a list of one
+        return [_pmml_value(spec, item) for item in (value if isinstance(value, list) else [value])]
     if spec.missing_values and (value in spec.missing_values or str(value) in map(str, spec.missing_values)):
         return value
-    converted = _pmml_value(spec, value)
+    treatment = spec.invalid_value_treatment or "returnInvalid"
+    try:
+        converted = _pmml_value(spec, value)
+    except _Bad:
+        if treatment == "asMissing":  # not even of the field's type: invalid, which the model reads as missing
+            return None
+        raise
+    if isinstance(converted, float) and math.isnan(converted):
+        return None  # "NaN" for a number is missing, as NaN and null are
     if _valid(spec, converted):
         return converted
-    treatment = spec.invalid_value_treatment or "returnInvalid"
     if treatment == "asMissing":
         return None
     if treatment in ("asIs", "asValue"):

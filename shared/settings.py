@@ -251,6 +251,12 @@ class Settings(BaseSettings):
     replica_memory_check_seconds: float = Field(default=1.0, gt=0)
     """How often the inference process's memory watchdog reads its resident memory."""
 
+    # --- pmml ---
+    pmml_cross_check_records: int = Field(default=24, ge=0, le=10_000)
+    """With `pmml_engine=auto`, records generated from a PMML model's schema on which both engines are compared
+    at upload (besides its verification records); the version is bound to the one that is right. 0: no
+    cross-check, the first engine that loads and verifies the model serves (faster uploads of huge models)."""
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:

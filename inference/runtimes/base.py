@@ -50,6 +50,8 @@ class FieldSpec(BaseModel):
     missing_values: list[Any] | None = None
     """PMML values that stand for a missing value (`<Value property="missing">`), e.g. "NA"."""
     required: bool = True
+    multi_valued: bool = Field(default=False, exclude_if=lambda value: not value)
+    """A PMML field that takes a list of values per record (the items of an `AssociationModel` transaction)."""
 
 
 class EngineInfo(BaseModel):
@@ -58,6 +60,10 @@ class EngineInfo(BaseModel):
     """Version of the library that evaluates the model."""
     implementation: str | None = None
     """Which library serves it: `onnxruntime`, `jpmml-evaluator` or `pypmml`."""
+    cross_check: dict[str, Any] | None = Field(default=None, exclude_if=lambda value: value is None)
+    """PMML loaded by both engines: how their answers compared at upload (`agree`, `records`, `differences`).
+
+    Left out of the description when there is none (ONNX, an engine forced by settings)."""
 
 
 class ModelDescription(BaseModel):

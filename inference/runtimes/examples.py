@@ -37,6 +37,8 @@ def example_value(spec: FieldSpec, batched: bool = True) -> Any:
     a batch axis (`batched` False), the whole tensor of the declared shape (dynamic dimensions as 1)."""
     shape = spec.shape or []
     value = _scalar(spec)
+    if spec.multi_valued:  # a PMML transaction: a list of items
+        return [value]
     if not batched and "(" not in spec.data_type:
         for size in reversed(shape):
             value = [value] * (size if isinstance(size, int) and size >= 0 else 1)

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from inference.runtimes.base import NO_GC_ROWS, EngineInfo, FunctionType, ModelDescription, gc_paused_for
+from inference.runtimes.pmml_crosscheck import GENERATED_RECORDS, cross_check, refusal_report
 from inference.runtimes.pmml_engines import ENGINES, EngineError, EngineRow, JpmmlEngine, PypmmlEngine, RecordErrors
+from inference.runtimes.pmml_fixes import INJECTED_PREFIX, engine_document
 from inference.runtimes.pmml_schema import (
     PmmlSchema,
     describe_pmml,
@@ -33,11 +35,22 @@ ENGINE_CHOICES = ("auto", "jpmml", "pypmml")
 class PmmlRuntime:
     """A loaded PMML model; `description.engine.implementation` says which engine serves it."""
 
-    def __init__(self, description: ModelDescription, schema: PmmlSchema, engine: JpmmlEngine | PypmmlEngine) -> None:
+    def __init__(
+        self,
+        description: ModelDescription,
+        schema: PmmlSchema,
+        engine: JpmmlEngine | PypmmlEngine,
+        *,
+        injected: bool = False,
+    ) -> None:
         self.description = description
         self._schema = schema
+        """The description of the document the engine loaded (see `pmml_fixes`): answers are built from it."""
         self._engine: JpmmlEngine | PypmmlEngine | None = engine
         self._plan: _ClassificationPlan | None = None
+        self._injected = injected
+        # Fields that take a list of values per record (association items): one value is a list of one.
+        self._multi_valued = [spec.name for spec in description.inputs if spec.multi_valued]
 
     @property
     def engine_name(self) -> str:
@@ -57,6 +70,8 @@ class PmmlRuntime:
 
     def _predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         assert self._engine is not None
+        if self._multi_valued:
+            records = [_as_lists(record, self._multi_valued) for record in records]
         try:
             rows = self._engine.evaluate(records)
         except RecordErrors as exc:
@@ -70,7 +85,15 @@ class PmmlRuntime:
             if plan is None:
                 plan = self._plan = _ClassificationPlan(self._schema)
             return plan.answers(rows)
-        return [normalise(self._schema, function_type, row) for row in rows]
+        answers = [normalise(self._schema, function_type, row) for row in rows]
+        if self._injected:  # our added outputs are in the answer's own fields, not among the engine's
+            for answer in answers:
+                answer["raw"] = {k: v for k, v in answer["raw"].items() if not k.startswith(INJECTED_PREFIX)}
+        return answers
+
+    def predict_columns(self, inputs: Mapping[str, Sequence[Any]]) -> None:
+        """No columnar path: the engines evaluate records, so batch scoring takes the record path."""
+        return None
 
     def predict_columns(self, inputs: Mapping[str, Sequence[Any]]) -> None:
         """No columnar path: the engines evaluate records, so batch scoring takes the record path."""
@@ -90,7 +113,12 @@ def load_pmml(
     settings: Settings | None = None,
     engine: str | None = None,
 ) -> PmmlRuntime:
-    """Load a PMML file. Raises `InvalidModel` (file refused) or `ValidationFailed` (bad override)."""
+    """Load a PMML file. Raises `InvalidModel` (file refused) or `ValidationFailed` (bad override).
+
+    With `auto`, every engine that loads the model (and reproduces its verification records) is tried on
+    records generated from its schema; the runtime is bound to the one that is right (see
+    `pmml_crosscheck`), and `description.engine.cross_check` reports how they compared.
+    """
     data = path.read_bytes()
     schema = describe_pmml(parse_pmml(data))  # security check + description, before any engine
     resolved = resolve_function_type(schema, function_type)
@@ -101,28 +129,63 @@ def load_pmml(
             errors=[field_error("engine", "unknown PMML engine", expected=list(ENGINE_CHOICES), received=choice)],
         )
     names = list(ENGINES) if choice == "auto" else [choice]
+    generated = settings.pmml_cross_check_records if settings is not None else GENERATED_RECORDS
     reasons: dict[str, str] = {}
+    loaded: dict[str, PmmlRuntime] = {}
     for name in names:
         try:
-            loaded = ENGINES[name](data, schema)
-            if isinstance(loaded, PypmmlEngine):
-                verify(loaded, schema)  # jpmml-evaluator verified itself while loading
+            loaded[name] = _load_with(name, data, schema, resolved)
         except EngineError as exc:
             reasons[name] = str(exc)
             logger.info("PMML engine %s refused %s: %s", name, path.name, exc)
             continue
-        description = ModelDescription(
-            format="pmml",
-            engine=EngineInfo(name="pmml", version=loaded.version, implementation=loaded.implementation),
-            algorithm=schema.algorithm,
-            function_type=resolved,
-            inputs=schema.inputs,
-            outputs=output_field_specs(schema),
-            targets=schema.targets,
-            class_labels=schema.class_labels,
+        if not generated:  # no cross-check: the first engine that loads and verifies serves
+            break
+    if not loaded:
+        raise InvalidModel("No PMML engine can serve this model: " + "; ".join(f"{n}: {r}" for n, r in reasons.items()))
+    if len(loaded) == 1:
+        runtime = next(iter(loaded.values()))
+        if reasons and generated:  # auto, and the other engine refused the model or its verification records
+            runtime.description.engine.cross_check = refusal_report(schema, runtime, reasons)
+        return runtime
+    chosen, report = cross_check(schema, loaded, generated)
+    for name, runtime in loaded.items():
+        if name != chosen:
+            runtime.unload()
+    runtime = loaded[chosen]
+    runtime.description.engine.cross_check = report
+    if not report["agree"]:
+        logger.warning(
+            "PMML engines disagree on %s (%d differences); %s", path.name, len(report["differences"]), report["reason"]
         )
-        return PmmlRuntime(description, schema, loaded)
-    raise InvalidModel("No PMML engine can serve this model: " + "; ".join(f"{n}: {r}" for n, r in reasons.items()))
+    return runtime
+
+
+def _load_with(name: str, data: bytes, schema: PmmlSchema, function_type: FunctionType) -> PmmlRuntime:
+    document = engine_document(data, schema, name)
+    loaded = ENGINES[name](document.data, document.schema)
+    if not loaded.verified:
+        verify(loaded, document.schema)
+    description = ModelDescription(
+        format="pmml",
+        engine=EngineInfo(name="pmml", version=loaded.version, implementation=loaded.implementation),
+        algorithm=schema.algorithm,
+        function_type=function_type,
+        inputs=schema.inputs,
+        outputs=output_field_specs(schema),
+        targets=schema.targets,
+        class_labels=document.schema.class_labels,  # pypmml names them when the file does not
+    )
+    return PmmlRuntime(description, document.schema, loaded, injected=document.injected)
+
+
+def _as_lists(record: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    wrapped = dict(record)
+    for name in names:
+        value = wrapped.get(name)
+        if value is not None and not isinstance(value, list | tuple):
+            wrapped[name] = [value]
+    return wrapped
 
 
 def resolve_function_type(schema: PmmlSchema, declared: FunctionType | None) -> FunctionType:
@@ -180,6 +243,8 @@ def _probabilities(schema: PmmlSchema, row: EngineRow) -> dict[str, float]:
         found = {coerce(spec.value, data_type): _number(row.values.get(spec.name)) for spec in declared}
     elif row.distribution is not None:
         found = {coerce(cls, data_type): _number(p) for cls, p in row.distribution.items()}
+        if found:  # jpmml leaves out the classes without a vote or probability (an SVM's losing class): 0
+            found = {cls: found.get(cls, 0.0) for cls in schema.class_labels or []} | found
     else:
         # pypmml's supplementary outputs for a classifier without declared probabilities.
         found = {cls: _number(row.values.get(f"probability_{cls}")) for cls in schema.class_labels or []}
@@ -271,7 +336,10 @@ def normalise(schema: PmmlSchema, function_type: FunctionType, row: EngineRow) -
         label = coerce(_predicted_value(schema, row), target_type)
         return {"label": label, "probabilities": _probabilities(schema, row), "raw": raw}
     if function_type == "regression":
-        return {"value": _number(_predicted_value(schema, row)), "raw": raw}
+        value = _predicted_value(schema, row)
+        if schema.cast_integer and type(value) is int:  # an integer target answers an integer
+            return {"value": value, "raw": raw}
+        return {"value": _number(value), "raw": raw}
     if function_type == "clustering":
         answer: dict[str, Any] = {"cluster": _cluster(_predicted_value(schema, row))}
         scores = [

@@ -8,6 +8,7 @@
   its JSON "split" form (one call per batch, no pandas).
 
 Each engine returns `EngineRow`s; `pmml.py` normalises them from the model's own description.
+Long module: both bindings side by side, as they must return the same rows.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from inference import java
+from inference.runtimes.pmml_fixes import RowCorrector
 from inference.runtimes.pmml_schema import INTEGER_MISSING, PmmlSchema
 
 
@@ -156,6 +158,9 @@ class JpmmlEngine:
 
         self.version = jpmml_version()
         self._schema = schema
+        self._correct = RowCorrector(schema, "jpmml") if RowCorrector.needed(schema) else None
+        # Its own verification compares uncorrected answers: corrected ones are verified by `pmml.verify`.
+        self.verified = self._correct is None
         # Classifiers without declared probability outputs: read the distribution from the result objects.
         self._objects = schema.function_type == "classification" and not _declares_probabilities(schema)
         builder = jpype.JClass("org.jpmml.evaluator.LoadingModelEvaluatorBuilder")()
@@ -166,7 +171,8 @@ class JpmmlEngine:
                 features = jpype.JClass("org.dmg.pmml.ResultFeature")
                 builder.setExtraResultFeatures(jpype.JClass("java.util.EnumSet").of(features.PROBABILITY))
             evaluator = builder.build()
-            evaluator.verify()  # the model's own <ModelVerification> records, where present
+            if self.verified:
+                evaluator.verify()  # the model's own <ModelVerification> records, where present
         except jpype.JException as exc:
             raise EngineError(_java_reason(exc)) from None
         self._evaluator: Any = evaluator
@@ -183,6 +189,10 @@ class JpmmlEngine:
 
     def evaluate(self, records: list[dict[str, Any]]) -> list[EngineRow]:
         """Evaluate a batch; raises `EngineError` naming the records the engine refused."""
+        rows = self._evaluate(records)
+        return rows if self._correct is None else self._correct(rows)
+
+    def _evaluate(self, records: list[dict[str, Any]]) -> list[EngineRow]:
         if self._evaluator is None:
             raise EngineError("the model was unloaded")
         if self._objects:
@@ -335,6 +345,8 @@ class PypmmlEngine:
 
         self.version = str(pypmml.__version__)
         self._schema = schema
+        self._correct = RowCorrector(schema, "pypmml") if RowCorrector.needed(schema) else None
+        self.verified = False  # `pmml.verify` checks it against the model's records
         try:
             model = Model.fromBytes(data)
             # Adds predicted_<target> (and probability_<class> when no Output declares them).
@@ -351,6 +363,10 @@ class PypmmlEngine:
 
     def evaluate(self, records: list[dict[str, Any]]) -> list[EngineRow]:
         """Evaluate a batch in one call (JSON "split" form)."""
+        rows = self._evaluate(records)
+        return rows if self._correct is None else self._correct(rows)
+
+    def _evaluate(self, records: list[dict[str, Any]]) -> list[EngineRow]:
         if self._model is None:
             raise EngineError("the model was unloaded")
         rows = [[_json_input(record.get(name)) for name in self._inputs] for record in records]

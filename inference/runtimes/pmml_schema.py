@@ -3,6 +3,9 @@
 No engine sees a PMML file before `parse_pmml` accepted it: a DOCTYPE (the carrier of external entities,
 XXE, and of entity-expansion bombs) is refused outright, as PMML never needs one. The description comes
 from the XML too, so it is the same whichever engine later serves the model.
+
+Long module: one reading of a PMML document, element by element (fields, treatments, outputs, targets,
+clusters, verification records), sharing the same namespace-blind element helpers.
 """
 
 from __future__ import annotations
@@ -163,6 +166,12 @@ class PmmlSchema:
     verification: Verification | None = None
     model_name: str | None = None
     data_types: dict[str, str] = field(default_factory=dict)
+    cast_integer: str | None = None
+    """round/ceiling/floor: the regression's target is an integer and its continuous result is cast so."""
+    cox: bool = False
+    """A Cox `GeneralRegressionModel`: its predicted value is the survival exp(-cumulative hazard)."""
+    clusters: list[str] = field(default_factory=list)
+    """Cluster ids of a `ClusteringModel`, in model order (the order of `distances`)."""
 
     @property
     def target(self) -> FieldSpec | None:
@@ -230,20 +239,67 @@ def _intervals(data_field: Element | None) -> list[dict[str, Any]] | None:
     return found or None
 
 
-def _field_spec(mining_field: Element, data_field: Element | None, data_type: str, target: bool) -> FieldSpec:
+def _handles_missing(mining_field: Element, model: Element) -> bool:
+    """Whether the model says what a missing value of this field means (so an absent field is not an error).
+
+    A replacement value, a `missingValueTreatment` other than returnInvalid, `invalidValueTreatment="asMissing"`
+    (the model turns bad values into missing ones, so it takes missing ones) or a model-wide
+    `missingValueStrategy` (trees) all do; a field without any declaration still has to be sent (a typo in a
+    field name is then a 422, not a silently missing value), though null/NaN for it is accepted as missing.
+    """
+    if mining_field.get("missingValueReplacement") is not None:
+        return True
+    if mining_field.get("missingValueTreatment") not in (None, "returnInvalid"):
+        return True
+    if mining_field.get("invalidValueTreatment") == "asMissing":
+        return True
+    return model.get("missingValueStrategy") not in (None, "none")
+
+
+def _field_spec(
+    mining_field: Element, data_field: Element | None, data_type: str, target: bool, model: Element
+) -> FieldSpec:
     op_type = mining_field.get("optype") or (data_field.get("optype") if data_field is not None else None)
     treatment = mining_field.get("invalidValueTreatment", "returnInvalid")
+    multi_valued = not target and local(model.tag) == "AssociationModel"
     # PMML 4.4 renamed asIs to asValue (+ invalidValueReplacement): both hand the engine the value.
     return FieldSpec(
         name=str(mining_field.get("name")),
         data_type=data_type,
         op_type=op_type if op_type in ("continuous", "categorical", "ordinal") else None,  # type: ignore[arg-type]
-        values=_values(data_field, data_type, "valid"),
+        values=_item_values(model) if multi_valued else _values(data_field, data_type, "valid"),
         intervals=None if target else _intervals(data_field),
         missing_values=None if target else _values(data_field, data_type, "missing"),
         invalid_value_treatment=None if target else treatment,
-        required=not target and mining_field.get("missingValueReplacement") is None,
+        required=not target and not _handles_missing(mining_field, model),
+        multi_valued=multi_valued,
     )
+
+
+def _item_values(model: Element) -> list[Any] | None:
+    """The items an `AssociationModel`'s rules know (a transaction may hold others: they match no rule)."""
+    found = [item.get("value") for item in children(model, "Item") if item.get("value") is not None]
+    return found or None
+
+
+def _cast_integer(model: Element, target: FieldSpec | None, function_type: FunctionType) -> str | None:
+    """How a regression's continuous result becomes the value of its integer target (None: not integer).
+
+    A `<Target castInteger>` says round, ceiling or floor; without one the result is rounded to the nearest
+    integer, which is what an integer data type means for a continuous value.
+    """
+    if target is None or target.data_type != "integer" or function_type != "regression":
+        return None
+    targets = child(model, "Targets")
+    for declared in children(targets, "Target") if targets is not None else []:
+        if declared.get("field") in (None, target.name) and declared.get("castInteger"):
+            return str(declared.get("castInteger"))
+    return "round"
+
+
+def _cluster_ids(model: Element) -> list[str]:
+    """Cluster ids in model order (`id`, else the 1-based position PMML gives a cluster without one)."""
+    return [str(c.get("id") or i) for i, c in enumerate(children(model, "Cluster"), start=1)]
 
 
 def _output_fields(model: Element) -> list[Element]:
@@ -342,9 +398,9 @@ def _describe(root: Element) -> PmmlSchema:
         data_types[name] = data_type
         usage = mining_field.get("usageType", "active")
         if usage in ("target", "predicted"):
-            targets.append(_field_spec(mining_field, data_field, data_type, target=True))
+            targets.append(_field_spec(mining_field, data_field, data_type, target=True, model=model))
         elif usage == "active":
-            inputs.append(_field_spec(mining_field, data_field, data_type, target=False))
+            inputs.append(_field_spec(mining_field, data_field, data_type, target=False, model=model))
     target = targets[0] if targets else None
     outputs = _outputs(model, data_types, target)
     class_labels = target.values if (function_type == "classification" and target is not None) else None
@@ -365,6 +421,9 @@ def _describe(root: Element) -> PmmlSchema:
         verification=_verification(model),
         model_name=model.get("modelName"),
         data_types=data_types,
+        cast_integer=_cast_integer(model, target, function_type),
+        cox=algorithm == "GeneralRegressionModel" and model.get("modelType") == "CoxRegression",
+        clusters=_cluster_ids(model) if algorithm == "ClusteringModel" else [],
     )
 
 
