@@ -154,6 +154,10 @@ class _Reporter:
         body = {"rows_done": rows_done, "rows_total": self.rows_total, "checkpoint": checkpoint, "log": self.take()}
         return self.registry.progress(self.run_id, body)
 
+    def poll(self) -> str:
+        """Ask whether a pause or stop was requested, sending only the log: the saved checkpoint stays as it is."""
+        return self.registry.progress(self.run_id, {"log": self.take()})
+
     def finish(self, status: str, **fields: Any) -> None:
         self.registry.finish(self.run_id, {"status": status, "log": self.take(), **fields})
 
@@ -178,7 +182,8 @@ def execute_run(run_id: int) -> dict[str, Any]:
             status = _execute(spec, run_id, settings, reporter)
         except Exception as exc:
             log.exception("batch run %s raised", run_id)
-            reporter.finish("failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+            # Not bad data (that ends in a ChunkFailed outcome): the registry queues it again while `retries` allow.
+            reporter.finish("failed", error=f"{type(exc).__name__}: {exc}"[:4000], retryable=True)
             status = "failed"
         lease.released = True  # reported: nothing to recover
         return {"run": run_id, "status": status}
