@@ -30,11 +30,13 @@ from shared.jobstore import (
     job_key,
     now,
 )
+from shared.leases import Lease
 from shared.redis import PREDICT_QUEUE
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 LOCK = "modelserve:async:janitor-lock"
+LOCK_SECONDS = 10
 UNBATCHED_GRACE_SECONDS = 5.0
 MAX_ATTEMPTS = 3
 LOOKAHEAD_SECONDS = 2.0
@@ -52,12 +54,13 @@ def _in_queue(client: redis.Redis, batch_id: str) -> bool:
 
 
 def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
-    if not client.set(LOCK, "1", nx=True, ex=10):
+    lease = Lease(client, LOCK, LOCK_SECONDS)
+    if not lease.acquire():
         return {}
     try:
         return {"batched": _batch_orphans(client, settings), "requeued": _requeue_expired(client, settings)}
     finally:
-        client.delete(LOCK)
+        lease.release()  # only ours: a sweep slower than the lock never frees another janitor's
 
 
 def _batch_orphans(client: redis.Redis, settings: Settings) -> int:

@@ -14,6 +14,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from registry import idempotency
 from registry.catalog import check_name
 from registry.schemas import Page
 from registry.tables import Dataset, DatasetDetail, DatasetPublic, utcnow
@@ -92,14 +93,16 @@ class DatasetCatalog:
 
     def add(
         self, name: str, staged: StagedArtifact, info: DatasetInfo, *, source: str, description: str = "",
-        source_url: str | None = None,
+        source_url: str | None = None, upload_key: tuple[str, str] | None = None,
     ) -> Dataset:  # fmt: skip
-        """Store an inspected file as a new ready dataset."""
+        """Store an inspected file as a new ready dataset (with the upload's `Idempotency-Key` and fingerprint)."""
         check_name(name)
         self.store.commit(staged)
         row = Dataset(name=name, description=description, source=source, source_url=source_url)
         self._fill(row, staged, info)
         self.session.add(row)
+        if upload_key is not None:
+            idempotency.remember(self.session, idempotency.DATASETS, *upload_key, ref=name)
         try:
             self.session.commit()
         except IntegrityError:

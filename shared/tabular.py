@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 import orjson
@@ -48,6 +49,28 @@ class InvalidDataset(ValidationFailed):
         super().__init__(f"Invalid dataset file: {self.reason}", errors=[field_error(field_name, self.reason)])
 
 
+class InspectionTimedOut(ValidationFailed):
+    """Inspecting the file took longer than the upload's limit (`upload_inspection_timeout_seconds`)."""
+
+    title, slug = "Inspection timed out", "inspection-timed-out"
+
+    def __init__(self, seconds: float) -> None:
+        reason = f"the file could not be inspected within {seconds:g} s: split it or raise the limit"
+        super().__init__(f"Dataset not accepted: {reason}", errors=[field_error("file", reason)])
+
+
+class _Deadline:
+    """Raises `InspectionTimedOut` once the time is up; checked between batches, cheap enough per line."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.at = None if seconds is None else monotonic() + seconds
+
+    def check(self) -> None:
+        if self.at is not None and monotonic() > self.at:
+            raise InspectionTimedOut(float(self.seconds or 0))
+
+
 @dataclass
 class DatasetInfo:
     """What inspecting a file found."""
@@ -61,14 +84,18 @@ class DatasetInfo:
 # --- inspection --------------------------------------------------------------------------------------------
 
 
-def inspect_table(path: Path, preview_rows: int = 20) -> DatasetInfo:
-    """Sniff the format from the content, check the whole file, count its rows and infer its columns."""
+def inspect_table(path: Path, preview_rows: int = 20, timeout_seconds: float | None = None) -> DatasetInfo:
+    """Sniff the format from the content, check the whole file, count its rows and infer its columns.
+
+    Past `timeout_seconds` it gives up with `InspectionTimedOut` (the upload is answered before any proxy in
+    front of the registry gives up on it)."""
+    deadline = _Deadline(timeout_seconds)
     if path.stat().st_size == 0:
         raise InvalidDataset("the file is empty")
     with path.open("rb") as fh:
         head = fh.read(_PREFIX_BYTES)
     if head.startswith(_PARQUET_MAGIC):
-        return _inspect_parquet(path, preview_rows)
+        return _inspect_parquet(path, preview_rows, deadline)
     if b"\x00" in head:
         raise InvalidDataset("binary content: not CSV or JSON lines text, and not Parquet (no PAR1 magic bytes)")
     try:
@@ -79,13 +106,13 @@ def inspect_table(path: Path, preview_rows: int = 20) -> DatasetInfo:
     if not start:
         raise InvalidDataset("the file holds only whitespace")
     if start == "{":
-        return _inspect_jsonl(path, preview_rows)
+        return _inspect_jsonl(path, preview_rows, deadline)
     if start == "[":
         raise InvalidDataset("a JSON array is not JSON lines: write one JSON object per line")
-    return _inspect_csv(path, preview_rows)
+    return _inspect_csv(path, preview_rows, deadline)
 
 
-def _inspect_parquet(path: Path, preview_rows: int) -> DatasetInfo:
+def _inspect_parquet(path: Path, preview_rows: int, deadline: _Deadline) -> DatasetInfo:
     with path.open("rb") as fh:
         fh.seek(-4, 2)
         if fh.read(4) != _PARQUET_MAGIC:
@@ -98,6 +125,7 @@ def _inspect_parquet(path: Path, preview_rows: int) -> DatasetInfo:
             preview: list[dict[str, Any]] = []
             # Decode every page once (one row group at a time) so a corrupt body is refused now, not in a job.
             for batch in parquet.iter_batches(batch_size=65_536):
+                deadline.check()
                 if len(preview) < preview_rows:
                     preview.extend(batch.slice(0, preview_rows - len(preview)).to_pylist())
                 rows += batch.num_rows
@@ -109,13 +137,13 @@ def _inspect_parquet(path: Path, preview_rows: int) -> DatasetInfo:
     return DatasetInfo("parquet", rows, columns, _jsonable_rows(preview))
 
 
-def _inspect_csv(path: Path, preview_rows: int) -> DatasetInfo:
+def _inspect_csv(path: Path, preview_rows: int, deadline: _Deadline) -> DatasetInfo:
     # pyarrow infers types from the first block; a later value that does not fit widens that column and
     # the pass starts again (integers to double, anything else to string): at most two retries per column.
     column_types: dict[str, pa.DataType] = {}
     while True:
         try:
-            return _read_csv(path, preview_rows, column_types)
+            return _read_csv(path, preview_rows, column_types, deadline)
         except _WidenColumn as widen:
             column_types[widen.name] = widen.to
 
@@ -134,7 +162,7 @@ def _open_csv(path: Path, column_types: dict[str, pa.DataType]) -> pacsv.CSVStre
     )
 
 
-def _read_csv(path: Path, preview_rows: int, column_types: dict[str, pa.DataType]) -> DatasetInfo:
+def _read_csv(path: Path, preview_rows: int, column_types: dict[str, pa.DataType], deadline: _Deadline) -> DatasetInfo:
     names: list[str] = []
     try:
         with _open_csv(path, column_types) as reader:
@@ -145,6 +173,7 @@ def _read_csv(path: Path, preview_rows: int, column_types: dict[str, pa.DataType
             rows = 0
             preview: list[dict[str, Any]] = []
             for batch in reader:
+                deadline.check()
                 if len(preview) < preview_rows:
                     preview.extend(batch.slice(0, preview_rows - len(preview)).to_pylist())
                 rows += batch.num_rows
@@ -166,12 +195,14 @@ def _read_csv(path: Path, preview_rows: int, column_types: dict[str, pa.DataType
     return DatasetInfo("csv", rows, columns, _jsonable_rows(preview))
 
 
-def _inspect_jsonl(path: Path, preview_rows: int) -> DatasetInfo:
+def _inspect_jsonl(path: Path, preview_rows: int, deadline: _Deadline) -> DatasetInfo:
     kinds: dict[str, set[str]] = {}
     rows = 0
     preview: list[dict[str, Any]] = []
     for value in _json_lines(path):
         rows += 1
+        if rows % 4096 == 0:
+            deadline.check()
         for key, item in value.items():
             kinds.setdefault(key, set()).add(_json_kind(item))
         if len(preview) < preview_rows:
