@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 from sqlalchemy import Column, DateTime
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, delete
 
+from registry.catalog import ModelCatalog
+from registry.schemas import ModelVersionPublic
 from registry.tables import utcnow
-from shared.errors import ValidationFailed, field_error
+from shared.artifacts import ArtifactStore
+from shared.errors import Conflict, NotFound, ValidationFailed, field_error
 
 HEADER = "Idempotency-Key"
 DATASETS, MODELS = "datasets", "models"
@@ -79,6 +84,79 @@ def find(session: Session, scope: str, key: str, print_: str) -> str | None:
 def remember(session: Session, scope: str, key: str, print_: str, ref: str) -> None:
     """Add the key to the session: the caller commits it together with the object it made."""
     session.add(UploadKey(scope=scope, key=key, fingerprint=print_, ref=ref))
+
+
+# --- model uploads: the key is reserved while the upload is inspected -------------------------------------
+
+_PENDING = ""
+"""`ref` of a key whose upload is still being inspected."""
+
+
+def begin_model_upload(
+    engine: Engine, store: ArtifactStore, key: str, print_: str, stale_after_seconds: float
+) -> ModelVersionPublic | None:
+    """Reserve the key for this upload (None: go ahead), or answer the version an earlier upload with it made.
+
+    A model name takes any number of versions, so two uploads with one key would both be stored: the key is
+    reserved before the inspection, and a retry arriving meanwhile is answered 409 with `Retry-After`. A
+    reservation older than `stale_after_seconds` (its registry died) is taken over.
+    """
+    with Session(engine) as session:
+        for _ in range(3):
+            row = session.get(UploadKey, (MODELS, key))
+            if row is None:
+                session.add(UploadKey(scope=MODELS, key=key, fingerprint=print_, ref=_PENDING))
+                try:
+                    session.commit()
+                    return None
+                except IntegrityError:  # reserved by a concurrent retry a moment ago
+                    session.rollback()
+                    continue
+            if row.fingerprint != print_:
+                find(session, MODELS, key, print_)  # raises KeyReused
+            if row.ref:
+                model_name, _, version = row.ref.rpartition("/")
+                catalog = ModelCatalog(session, store)
+                try:
+                    model, version_row = catalog.resolve(model_name, version)
+                except NotFound:  # deleted since: upload it again, as new
+                    session.delete(row)
+                    session.commit()
+                    continue
+                return catalog.version_public(model, version_row)
+            created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+            if (utcnow() - created).total_seconds() > stale_after_seconds:
+                row.created_at = utcnow()
+                session.add(row)
+                session.commit()
+                return None
+            raise Conflict(
+                f"An upload with this {HEADER} is still being inspected; retry shortly",
+                headers={"Retry-After": "5"},
+                errors=[field_error(f"header.{HEADER}", "an upload with this key is in progress")],
+            )
+    raise Conflict(f"Could not reserve the {HEADER}; try again", headers={"Retry-After": "1"})
+
+
+def finish_model_upload(engine: Engine, key: str, model: str, version: int) -> None:
+    """The upload stored `model` version `version`: a retry with the key answers it from now on."""
+    with Session(engine) as session:
+        row = session.get(UploadKey, (MODELS, key))
+        if row is not None:
+            row.ref = f"{model}/{version}"
+            session.add(row)
+            session.commit()
+
+
+def abandon_model_upload(engine: Engine, key: str | None) -> None:
+    """The upload failed: free the key so a retry is tried again."""
+    if key is None:
+        return
+    with Session(engine) as session:
+        row = session.get(UploadKey, (MODELS, key))
+        if row is not None and not row.ref:
+            session.delete(row)
+            session.commit()
 
 
 def forget(session: Session, scope: str, key: str) -> None:
