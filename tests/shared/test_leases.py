@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
+import pytest
 import redis
 
 from jobs import janitor, run_recovery
@@ -59,7 +61,7 @@ def test_a_lost_lease_is_reported_to_its_keeper(redis_url: str) -> None:
     lease.stop_keeping_alive()
 
 
-def test_sweeps_never_release_another_schedulers_lock(redis_url: str) -> None:
+def test_sweeps_never_release_another_schedulers_lock(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from shared.settings import Settings
 
     client = redis.Redis.from_url(redis_url)
@@ -68,9 +70,23 @@ def test_sweeps_never_release_another_schedulers_lock(redis_url: str) -> None:
         client.set(lock, "another-scheduler", ex=30)
     assert janitor.sweep(client, settings) == {}
     assert run_recovery.recover_runs(client, settings) == 0
-    assert client.get(janitor.LOCK) == b"another-scheduler"
+    client.delete(janitor.LOCK, run_recovery.LOCK)
+
+    def slower_than_the_lock(lock: str) -> Any:
+        def sweep(*_args: Any) -> int:
+            client.set(lock, "another-scheduler", ex=30)  # ours ran out meanwhile and another scheduler took it
+            return 0
+
+        return sweep
+
+    monkeypatch.setattr(janitor, "_batch_orphans", slower_than_the_lock(janitor.LOCK))
+    monkeypatch.setattr(run_recovery, "_recover", slower_than_the_lock(run_recovery.LOCK))
+    assert janitor.sweep(client, settings)["batched"] == 0
+    assert run_recovery.recover_runs(client, settings) == 0
+    assert client.get(janitor.LOCK) == b"another-scheduler"  # the late sweep left the new holder's lock alone
     assert client.get(run_recovery.LOCK) == b"another-scheduler"
     client.delete(janitor.LOCK, run_recovery.LOCK)
+    monkeypatch.undo()
     assert janitor.sweep(client, settings) == {"batched": 0, "requeued": 0}
     assert client.get(janitor.LOCK) is None  # its own lock, released
 
