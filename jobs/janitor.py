@@ -25,6 +25,7 @@ from shared.jobstore import (
     START_LUA,
     UNBATCHED,
     batch_key,
+    batch_owner_key,
     decode,
     enqueue_batch,
     job_key,
@@ -116,6 +117,9 @@ def _requeue_expired(client: redis.Redis, settings: Settings) -> int:
             continue
         if score > current:
             continue  # taken by a worker whose lease is still good
+        if client.exists(batch_owner_key(batch_id)):  # its worker still holds the batch (its index entry lagged)
+            client.zadd(BATCHES, {batch_id: current + lease})
+            continue
         if status == "queued":  # taken off the queue by a worker but not started: in RQ's hand-over, or lost
             limbo_since = float(info.get("limbo_since") or 0)
             if not limbo_since:
