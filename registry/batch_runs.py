@@ -291,17 +291,18 @@ class RunManager:
         ).rowcount  # type: ignore[attr-defined]
         self.session.commit()
         self.session.refresh(job)
+        # The next slot after now first (slots missed while nothing was running are not made up one by one), so
+        # whoever sees this slot's run also sees the job's next fire.
+        job.next_run_at = next_fire(job.cron, job.timezone or "UTC", max(datetime.now(UTC), slot))
+        job.next_run_at = self.queue.schedule(job)
+        self.session.add(job)
+        self.session.commit()
         run = None
         if won:
             try:
                 run = self.start(job, trigger="schedule")
             except ModelServeError as err:  # e.g. script jobs turned off: this slot is lost, the next still comes
                 log.warning("scheduled run of %s not started: %s", job.name, err.detail)
-        # The next slot after now: slots missed while nothing was running are not made up one by one.
-        job.next_run_at = next_fire(job.cron, job.timezone or "UTC", max(datetime.now(UTC), slot))
-        job.next_run_at = self.queue.schedule(job)
-        self.session.add(job)
-        self.session.commit()
         return run
 
     # --- helpers -----------------------------------------------------------------------------------------

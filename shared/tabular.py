@@ -1,9 +1,12 @@
 """Tabular files (CSV, JSON lines, Parquet): inspect them, read them in chunks, write them. One set of rules.
 
-Dataset upload inspects with `inspect_table`; batch runs read with `iter_chunks` and write with `write_part` and
+Dataset upload inspects with `inspect_table`; batch runs read with `iter_chunks` and write with `write_table` and
 `concatenate`. Both sides parse JSON lines with the same `_json_lines` (a byte-order mark on the first line, NaN
 and Infinity accepted), CSV with the column types inspection settled on, Parquet one row group at a time, so a
 file that passes inspection is a file a batch run can read.
+
+Long module: inspection, chunked reading and writing share their parsers and type rules; split across files they
+would drift apart again (the reason this module exists).
 """
 
 from __future__ import annotations
