@@ -7,6 +7,7 @@ from http import HTTPStatus
 from typing import Any
 
 import redis.exceptions
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -228,8 +229,15 @@ def install_error_handlers(app: FastAPI) -> None:
         # An integer the database cannot hold (SQLite and PostgreSQL stop at 2^63 - 1): the caller's input.
         return problem_response(out_of_range(request.path_params, request.query_params), request.url.path)
 
+    async def on_data_error(request: Request, exc: Exception) -> JSONResponse:
+        # PostgreSQL's "integer out of range" (SQLite's is the OverflowError above); other data errors stay 500s.
+        if "out of range" in str(getattr(exc, "orig", exc)):
+            return problem_response(out_of_range(request.path_params, request.query_params), request.url.path)
+        return await on_unexpected(request, exc)
+
     app.add_exception_handler(ModelServeError, on_modelserve)
     app.add_exception_handler(OverflowError, on_overflow)
+    app.add_exception_handler(sqlalchemy.exc.DataError, on_data_error)
     app.add_exception_handler(redis.exceptions.ConnectionError, on_redis_down)
     app.add_exception_handler(redis.exceptions.TimeoutError, on_redis_down)
     app.add_exception_handler(StarletteHTTPException, on_http)

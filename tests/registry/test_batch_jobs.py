@@ -350,3 +350,18 @@ def test_a_script_jobs_control_polls_leave_its_checkpoint_alone(
     assert all("checkpoint" not in b and "rows_done" not in b for b in bodies), bodies
     # The checkpoint the claim saved (the params the run started with) is still there after every poll.
     assert checkpoints and all(c and c.get("params", {}).get("code") == SLOW_SCRIPT for c in checkpoints)
+
+
+async def test_integers_past_64_bits_are_a_422_on_both_databases(
+    registry: httpx.AsyncClient, onnx_models: dict[str, Path], tmp_path: Path
+) -> None:
+    await _setup(registry, onnx_models["random_forest"], tmp_path)
+    assert (await registry.post("/api/v1/batch-jobs", json=predict_job("j"))).status_code == 201
+    for url, field in [
+        (f"/api/v1/batch-jobs/j/runs/{2**63}", "path.run"),
+        (f"/api/v1/models/iris/versions/{2**64}", "path.version"),
+        (f"/api/v1/datasets?offset={2**63}", "query.offset"),
+    ]:
+        resp = await registry.get(url)
+        assert resp.status_code == 422, (url, resp.text)
+        assert [e["field"] for e in resp.json()["errors"]] == [field], resp.text
