@@ -25,7 +25,18 @@ from inference.resolver import VersionResolver
 from inference.validation import records_from_body
 from shared.artifacts import LocalArtifactStore
 from shared.errors import ModelServeError
-from shared.jobstore import BATCHES, CALLBACK_TASK, DONE_CHANNEL, FINISH_LUA, START_LUA, batch_key, job_key, now
+from shared.jobstore import (
+    BATCHES,
+    CALLBACK_TASK,
+    DONE_CHANNEL,
+    FINISH_LUA,
+    START_LUA,
+    batch_key,
+    batch_owner_key,
+    job_key,
+    now,
+)
+from shared.leases import Lease
 from shared.logging import request_id_var
 from shared.redis import PREDICT_QUEUE, sync_redis
 from shared.settings import Settings
@@ -101,15 +112,18 @@ async def _predict_all(eng: _Engine, model: str, version: int, requests: list[by
     return list(await asyncio.gather(*(one(r) for r in requests)))
 
 
-class _LeaseRenewer:
-    """Keeps the batch's lease fresh while this worker runs it; a killed worker stops renewing."""
+class _BatchLease:
+    """This worker owns the batch (a `Lease`, renewed on a thread) and keeps its entry in `BATCHES` fresh; a
+    killed worker stops renewing both, and the janitor re-queues the batch once its entry has run out."""
 
     def __init__(self, client: redis.Redis, batch_id: str, lease: int) -> None:
         self.client, self.batch_id, self.lease = client, batch_id, lease
+        self.owner = Lease(client, batch_owner_key(batch_id), lease)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> _LeaseRenewer:
+    def __enter__(self) -> _BatchLease:
+        self.owner.acquire()  # a second copy of the batch still runs (START_LUA starts each job once)
         self.client.zadd(BATCHES, {self.batch_id: now() + self.lease}, xx=True)
         self._thread.start()
         return self
@@ -117,10 +131,13 @@ class _LeaseRenewer:
     def _run(self) -> None:
         while not self._stop.wait(max(1.0, self.lease / 3)):
             with contextlib.suppress(redis.RedisError):
+                self.owner.extend()
                 self.client.zadd(BATCHES, {self.batch_id: now() + self.lease}, xx=True)
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        with contextlib.suppress(redis.RedisError):
+            self.owner.release()  # token-checked
 
 
 def run_batch(batch_id: str, service: str, model: str, version: int, ids: list[str]) -> dict[str, int]:
@@ -130,7 +147,7 @@ def run_batch(batch_id: str, service: str, model: str, version: int, ids: list[s
     client = current.connection if current is not None else sync_redis(settings)
     eng = engine(settings)
     keys = [job_key(i) for i in ids]
-    with _LeaseRenewer(client, batch_id, settings.job_lease_seconds):
+    with _BatchLease(client, batch_id, settings.job_lease_seconds):
         started_positions = client.eval(START_LUA, len(keys), *keys, now()) if keys else []
         started = [ids[int(p) - 1] for p in started_positions]
         pipe = client.pipeline()

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from inference.runtimes import load_runtime
 from inference.runtimes.base import ModelDescription, Runtime
@@ -30,10 +27,10 @@ from inference.validation import validate_records
 from shared.artifacts import LocalArtifactStore
 from shared.errors import ModelServeError
 from shared.settings import Settings
+from shared.tabular import InvalidDataset, concatenate, iter_chunks, write_table
 
 log = logging.getLogger(__name__)
 _ENGINE_BY_IMPLEMENTATION = {"jpmml-evaluator": "jpmml", "pypmml": "pypmml"}
-_CSV_BLOCK_BYTES = 1 << 20
 _RUNTIMES: OrderedDict[str, Runtime] = OrderedDict()
 _MAX_RUNTIMES = 2
 _ROW_IN_CHUNK = re.compile(r"inputs\[(\d+)\]\.?")
@@ -64,69 +61,6 @@ class Outcome:
     error: str | None = None
     output: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-# --- reading the input -------------------------------------------------------------------------------------
-
-
-def _arrow_type(name: str) -> pa.DataType | None:
-    try:
-        return pa.type_for_alias(name)
-    except (ValueError, KeyError):
-        return None
-
-
-def _record_batches(path: Path, fmt: str, columns: list[dict[str, Any]], chunk_size: int) -> Iterator[pa.RecordBatch]:
-    if fmt == "parquet":
-        with pq.ParquetFile(path) as parquet:
-            yield from parquet.iter_batches(batch_size=chunk_size)
-    elif fmt == "csv":
-        # The types inspection settled on (it may have widened a column), so every block parses the same way.
-        types = {c["name"]: t for c in columns if (t := _arrow_type(str(c.get("type")))) is not None}
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(column_types=types),
-        )
-        with reader:
-            yield from reader
-    elif fmt == "jsonl":
-        rows: list[dict[str, Any]] = []
-        with path.open("rb") as fh:
-            for line in fh:
-                if line.strip():
-                    rows.append(orjson.loads(line))
-                if len(rows) >= chunk_size:
-                    yield pa.RecordBatch.from_pylist(rows)
-                    rows = []
-        if rows:
-            yield pa.RecordBatch.from_pylist(rows)
-    else:
-        raise ChunkFailed(f"unsupported input format {fmt!r}")
-
-
-def iter_chunks(
-    path: Path, fmt: str, columns: list[dict[str, Any]], chunk_size: int, skip: int = 0
-) -> Iterator[pa.Table]:
-    """Tables of exactly `chunk_size` rows (the last may be shorter), after skipping `skip` rows."""
-    pending: list[pa.RecordBatch] = []
-    buffered = 0
-    for batch in _record_batches(path, fmt, columns, chunk_size):
-        if skip:
-            dropped = min(skip, batch.num_rows)
-            batch, skip = batch.slice(dropped), skip - dropped
-        if batch.num_rows == 0:
-            continue
-        pending.append(batch)
-        buffered += batch.num_rows
-        while buffered >= chunk_size:
-            table = pa.Table.from_batches(pending)
-            yield table.slice(0, chunk_size)
-            rest = table.slice(chunk_size)
-            pending, buffered = rest.to_batches(), rest.num_rows
-    if buffered:
-        yield pa.Table.from_batches(pending)
 
 
 # --- scoring one chunk -------------------------------------------------------------------------------------
@@ -242,10 +176,7 @@ def _part(workdir: Path, index: int, fmt: str) -> Path:
 
 def write_part(table: pa.Table, workdir: Path, index: int, fmt: str) -> None:
     tmp = workdir / f".part-{index:06d}.tmp"
-    if fmt == "parquet":
-        pq.write_table(table, tmp)
-    else:
-        pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(include_header=index == 0))
+    write_table(table, tmp, fmt, header=index == 0)
     tmp.replace(_part(workdir, index, fmt))  # a part exists whole or not at all
 
 
@@ -258,25 +189,8 @@ def drop_parts_after(workdir: Path, parts: int) -> None:
         path.unlink()
 
 
-def concatenate(workdir: Path, parts: int, fmt: str) -> Path:
-    out = workdir / f"output.{fmt}"
-    if fmt == "parquet":
-        writer: pq.ParquetWriter | None = None
-        try:
-            for i in range(parts):
-                table = pq.read_table(_part(workdir, i, fmt))
-                if writer is None:
-                    writer = pq.ParquetWriter(out, table.schema)
-                writer.write_table(table.cast(writer.schema_arrow) if table.schema != writer.schema_arrow else table)
-        finally:
-            if writer is not None:
-                writer.close()
-    else:
-        with out.open("wb") as sink:
-            for i in range(parts):
-                with _part(workdir, i, fmt).open("rb") as part:
-                    shutil.copyfileobj(part, sink, 1 << 20)
-    return out
+def concatenate_parts(workdir: Path, parts: int, fmt: str) -> Path:
+    return concatenate([_part(workdir, i, fmt) for i in range(parts)], workdir / f"output.{fmt}", fmt)
 
 
 # --- the run -----------------------------------------------------------------------------------------------
@@ -299,9 +213,15 @@ def run_batch_predict(spec: dict[str, Any], ctx: RunContext) -> Outcome:
         chosen = model_columns(runtime.description, [c["name"] for c in source["columns"]],
                                params.get("input_mapping"))  # fmt: skip
         next_report = 0.0  # the first chunk reports at once
-        for table in iter_chunks(path, source["format"], source["columns"], chunk_size, skip=rows_done):
+        chunks = iter_chunks(path, source["format"], source["columns"], chunk_size, skip=rows_done)
+        while True:
             try:
+                table = next(chunks, None)
+                if table is None:
+                    break
                 scored = _with_retries(runtime, table, chosen, job, rows_done, ctx)
+            except InvalidDataset as exc:  # a row the reader refuses: bad data, no retry makes it good
+                return Outcome("failed", rows_done, checkpoint, error=f"after row {rows_done}: {exc.reason}")
             except ChunkFailed as exc:
                 return Outcome("failed", rows_done, checkpoint, error=str(exc))
             write_part(scored, ctx.workdir, parts, fmt)
@@ -323,7 +243,7 @@ def run_batch_predict(spec: dict[str, Any], ctx: RunContext) -> Outcome:
             return Outcome("failed", 0, checkpoint, error="the input dataset has no rows")
         checkpoint["phase"] = "registering"
         ctx.report(rows_done, checkpoint)
-    output = concatenate(ctx.workdir, parts, fmt)
+    output = concatenate_parts(ctx.workdir, parts, fmt)
     return Outcome("succeeded", rows_done, checkpoint, output=output)
 
 

@@ -11,7 +11,6 @@ import logging
 import shutil
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from rq import get_current_job
 from jobs.batch_predict import ChunkFailed, Outcome, RunContext, run_batch_predict
 from shared.auth import INTERNAL_TOKEN_HEADER
 from shared.jobstore import now
+from shared.leases import Lease
 from shared.redis import sync_redis
 from shared.settings import Settings
 
@@ -101,19 +101,20 @@ class RegistryClient:
         return True
 
 
-class _Lease:
-    """Owns the run and keeps its lease fresh while this worker runs it; the lease is released only once the run
-    was reported (a worker that dies leaves it to expire, and `jobs.run_recovery` queues the run again)."""
+class _RunLease:
+    """Owns the run (a `Lease` on `RUN_OWNER`) and keeps it and the run's entry in `RUN_LEASES` fresh while this
+    worker runs it; the entry is dropped only once the run was reported (a worker that dies leaves it to expire,
+    and `jobs.run_recovery` queues the run again)."""
 
     def __init__(self, client: redis.Redis, run_id: int, seconds: int) -> None:
         self.client, self.run_id, self.seconds = client, run_id, seconds
-        self.owner_key, self.token = RUN_OWNER.format(run_id=run_id), uuid.uuid4().hex
+        self.owner = Lease(client, RUN_OWNER.format(run_id=run_id), seconds)
         self.released = False
         self._stop = threading.Event()
 
     def acquire(self, rq_job: str) -> bool:
         """False when another live worker runs this run (a duplicate RQ job of it)."""
-        if not self.client.set(self.owner_key, self.token, nx=True, ex=self.seconds):
+        if not self.owner.acquire():
             return False
         self.client.zadd(RUN_LEASES, {str(self.run_id): now() + self.seconds})
         self.client.hset(run_info_key(self.run_id), "rq_job", rq_job)
@@ -123,16 +124,18 @@ class _Lease:
     def _run(self) -> None:
         while not self._stop.wait(max(0.5, self.seconds / 3)):
             with contextlib.suppress(redis.RedisError):
+                if not self.owner.extend():  # another worker owns the run now: its entry is not ours to renew
+                    log.warning("batch run %s: this worker lost the run's lease", self.run_id)
+                    return
                 self.client.zadd(RUN_LEASES, {str(self.run_id): now() + self.seconds}, xx=True)
-                self.client.expire(self.owner_key, self.seconds)
 
     def close(self) -> None:
         self._stop.set()
-        if self.client.get(self.owner_key) == self.token.encode():
-            self.client.delete(self.owner_key)
-        if self.released:
-            self.client.zrem(RUN_LEASES, str(self.run_id))
-            self.client.delete(run_info_key(self.run_id))
+        with contextlib.suppress(redis.RedisError):
+            owned = self.owner.release()  # token-checked: never frees another worker's lease
+            if self.released and owned:
+                self.client.zrem(RUN_LEASES, str(self.run_id))
+                self.client.delete(run_info_key(self.run_id))
 
 
 class _Reporter:
@@ -154,6 +157,10 @@ class _Reporter:
         body = {"rows_done": rows_done, "rows_total": self.rows_total, "checkpoint": checkpoint, "log": self.take()}
         return self.registry.progress(self.run_id, body)
 
+    def poll(self) -> str:
+        """Ask whether a pause or stop was requested, sending only the log: the saved checkpoint stays as it is."""
+        return self.registry.progress(self.run_id, {"log": self.take()})
+
     def finish(self, status: str, **fields: Any) -> None:
         self.registry.finish(self.run_id, {"status": status, "log": self.take(), **fields})
 
@@ -163,7 +170,7 @@ def execute_run(run_id: int) -> dict[str, Any]:
     settings = Settings()
     current = get_current_job()
     client = current.connection if current is not None else sync_redis(settings)
-    lease = _Lease(client, run_id, settings.batch_run_lease_seconds)
+    lease = _RunLease(client, run_id, settings.batch_run_lease_seconds)
     if not lease.acquire(current.id if current is not None else ""):
         log.warning("batch run %s is already running on another worker", run_id)
         return {"run": run_id, "status": "busy"}
@@ -178,7 +185,8 @@ def execute_run(run_id: int) -> dict[str, Any]:
             status = _execute(spec, run_id, settings, reporter)
         except Exception as exc:
             log.exception("batch run %s raised", run_id)
-            reporter.finish("failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+            # Not bad data (that ends in a ChunkFailed outcome): the registry queues it again while `retries` allow.
+            reporter.finish("failed", error=f"{type(exc).__name__}: {exc}"[:4000], retryable=True)
             status = "failed"
         lease.released = True  # reported: nothing to recover
         return {"run": run_id, "status": status}

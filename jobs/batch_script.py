@@ -36,9 +36,9 @@ def run_script_job(spec: dict[str, Any], run_id: int, settings: Settings, report
     control: dict[str, Any] = {"asked_at": 0.0, "answer": "continue"}
 
     def should_stop() -> bool:
-        # Ask the registry at most every two seconds whether a stop was requested.
+        # Ask the registry at most every two seconds whether a stop was requested; a poll saves no checkpoint.
         if time.monotonic() - float(control["asked_at"]) > 2:
-            control["asked_at"], control["answer"] = time.monotonic(), reporter.report(0, {})
+            control["asked_at"], control["answer"] = time.monotonic(), reporter.poll()
         return control["answer"] in ("stop", "pause")
 
     result = script_runner.run_script(script_spec, workdir, reporter.log, should_stop, settings=settings)

@@ -25,16 +25,19 @@ from shared.jobstore import (
     START_LUA,
     UNBATCHED,
     batch_key,
+    batch_owner_key,
     decode,
     enqueue_batch,
     job_key,
     now,
 )
+from shared.leases import Lease
 from shared.redis import PREDICT_QUEUE
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 LOCK = "modelserve:async:janitor-lock"
+LOCK_SECONDS = 10
 UNBATCHED_GRACE_SECONDS = 5.0
 MAX_ATTEMPTS = 3
 LOOKAHEAD_SECONDS = 2.0
@@ -52,12 +55,13 @@ def _in_queue(client: redis.Redis, batch_id: str) -> bool:
 
 
 def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
-    if not client.set(LOCK, "1", nx=True, ex=10):
+    lease = Lease(client, LOCK, LOCK_SECONDS)
+    if not lease.acquire():
         return {}
     try:
         return {"batched": _batch_orphans(client, settings), "requeued": _requeue_expired(client, settings)}
     finally:
-        client.delete(LOCK)
+        lease.release()  # only ours: a sweep slower than the lock never frees another janitor's
 
 
 def _batch_orphans(client: redis.Redis, settings: Settings) -> int:
@@ -113,6 +117,9 @@ def _requeue_expired(client: redis.Redis, settings: Settings) -> int:
             continue
         if score > current:
             continue  # taken by a worker whose lease is still good
+        if client.exists(batch_owner_key(batch_id)):  # its worker still holds the batch (its index entry lagged)
+            client.zadd(BATCHES, {batch_id: current + lease})
+            continue
         if status == "queued":  # taken off the queue by a worker but not started: in RQ's hand-over, or lost
             limbo_since = float(info.get("limbo_since") or 0)
             if not limbo_since:

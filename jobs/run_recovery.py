@@ -17,11 +17,13 @@ from rq.serializers import JSONSerializer
 
 from jobs.batch_runs import RUN_LEASES, RUN_TASK, RegistryClient, run_info_key
 from shared.jobstore import now
+from shared.leases import Lease
 from shared.redis import BATCH_QUEUE
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 LOCK = "modelserve:batch:recovery-lock"
+LOCK_SECONDS = 10
 _WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED}
 
 
@@ -43,8 +45,9 @@ def recover_runs(client: redis.Redis, settings: Settings) -> int:
 
     Never raises (it runs in the scheduler's loop): a failed sweep is logged and tried again next tick.
     """
+    lease = Lease(client, LOCK, LOCK_SECONDS)
     try:
-        if not client.set(LOCK, "1", nx=True, ex=10):
+        if not lease.acquire():
             return 0
     except redis.RedisError:
         log.exception("batch run recovery: Redis unavailable")
@@ -56,7 +59,7 @@ def recover_runs(client: redis.Redis, settings: Settings) -> int:
         return 0
     finally:
         with contextlib.suppress(redis.RedisError):
-            client.delete(LOCK)
+            lease.release()  # only ours, never another scheduler's
 
 
 def _recover(client: redis.Redis, settings: Settings) -> int:

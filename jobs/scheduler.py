@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 from types import FrameType
 
+import redis
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
@@ -35,17 +37,37 @@ def run_scheduler(settings: Settings) -> None:
     signal.signal(signal.SIGINT, on_signal)
     mark_process_up("scheduler")
     log.info("scheduler running for %s", ", ".join(QUEUES))
+    backoff = 0.0
     try:
         while not stop.is_set():
-            # Only one scheduler holds each queue's lock at a time, so two processes never double-enqueue.
-            if scheduler.acquire_locks():
-                scheduler.enqueue_scheduled_jobs()
             try:
-                sweep(connection, settings)
-            except Exception:
-                log.exception("async janitor sweep failed")
-            recover_runs(connection, settings)  # batch runs whose worker died resume elsewhere
+                _tick(scheduler, connection, settings)
+            except redis.RedisError as exc:
+                # Redis restarting or unreachable: keep the process (the janitor) alive and try again, backing off
+                # up to `scheduler_redis_backoff_seconds`; redis-py reconnects on the next command.
+                backoff = min(max(2 * backoff, TICK_SECONDS), settings.scheduler_redis_backoff_seconds)
+                log.warning("scheduler: Redis unavailable (%s); retrying in %.0f s", exc, backoff)
+                stop.wait(backoff)
+                continue
+            if backoff:
+                log.info("scheduler: Redis is back")
+                backoff = 0.0
             stop.wait(TICK_SECONDS)
     finally:
-        scheduler.release_locks()
+        with contextlib.suppress(redis.RedisError):
+            scheduler.release_locks()
         heartbeat.stop()
+
+
+def _tick(scheduler: RQScheduler, connection: redis.Redis, settings: Settings) -> None:
+    # Only one scheduler holds each queue's lock at a time, so two processes never double-enqueue.
+    if scheduler.acquire_locks():
+        scheduler.enqueue_scheduled_jobs()
+    try:
+        sweep(connection, settings)
+    except redis.RedisError:
+        raise
+    except Exception:
+        log.exception("async janitor sweep failed")
+    recover_runs(connection, settings)  # batch runs whose worker died resume elsewhere
+    connection.ping()  # a sweep that logged its Redis error still makes the tick count as failed

@@ -50,7 +50,7 @@ class BatchPredictParams(BaseModel):
     version: str | int | None = None
     input_dataset: str
     output_dataset: str
-    output_format: Literal["csv", "parquet"] = "csv"
+    output_format: Literal["csv", "jsonl", "parquet"] = "csv"
     chunk_size: int = Field(default=10_000, ge=1, le=1_000_000)
     input_mapping: dict[str, str | list[str]] | None = None
     reuse_cached_result: bool = False

@@ -17,7 +17,6 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, Field
 from sqlalchemy import func, update
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from registry.batch_jobs import script_jobs_check
@@ -34,7 +33,9 @@ log = logging.getLogger(__name__)
 
 
 class RunProgress(BaseModel):
-    rows_done: int = Field(ge=0)
+    """A worker's report; a report without `rows_done` or `checkpoint` leaves them as they are (a control poll)."""
+
+    rows_done: int | None = Field(default=None, ge=0)
     rows_total: int | None = Field(default=None, ge=0)
     checkpoint: dict[str, Any] | None = None
     log: list[str] = Field(default_factory=list, max_length=1000)
@@ -48,6 +49,8 @@ class RunFinish(BaseModel):
     result_dataset: str | None = None
     error: str | None = Field(default=None, max_length=20_000)
     log: list[str] = Field(default_factory=list, max_length=1000)
+    retryable: bool = False
+    """A `failed` run whose failure may pass (not bad data): queued again while the job's `retries` allow."""
 
 
 def run_workdir(settings: Settings, run_id: int) -> Path:
@@ -122,17 +125,17 @@ class RunManager:
     def start(self, job: BatchJob, trigger: str = "manual") -> Run:
         if job.kind == "script":
             script_jobs_check(self.settings)
-        for _ in range(5):
-            number = (self.session.exec(select(func.max(Run.number)).where(Run.job_id == job.id)).one() or 0) + 1
-            row = Run(job_id=job.id or 0, number=number, trigger=trigger)
-            self.session.add(row)
-            try:
-                self.session.commit()
-                break
-            except IntegrityError:  # two starts at once took the same number
-                self.session.rollback()
-        else:
-            raise Conflict(f"Could not number a new run of '{job.name}'; try again")
+        # The job row's counter, bumped in the run's own transaction (the UPDATE locks the row until the commit),
+        # so two starts at once get two numbers and a deleted run's number is never given again.
+        self.session.execute(
+            update(BatchJob).where(col(BatchJob.id) == job.id)
+            .values(last_run_number=col(BatchJob.last_run_number) + 1)
+            .execution_options(synchronize_session=False)
+        )  # fmt: skip
+        number = self.session.execute(select(BatchJob.last_run_number).where(BatchJob.id == job.id)).scalar_one()
+        row = Run(job_id=job.id or 0, number=number, trigger=trigger)
+        self.session.add(row)
+        self.session.commit()
         self.session.refresh(row)
         self._enqueue(row, job)
         return row
@@ -234,7 +237,9 @@ class RunManager:
         row, _job = self.by_id(run_id)
         if row.status != "running":
             return "stop"
-        changes: dict[str, Any] = {"rows_done": body.rows_done, "log_tail": _tail(row.log_tail, body.log)}
+        changes: dict[str, Any] = {"log_tail": _tail(row.log_tail, body.log)}
+        if body.rows_done is not None:
+            changes["rows_done"] = body.rows_done
         if body.rows_total is not None:
             changes["rows_total"] = body.rows_total
         if body.checkpoint is not None:
@@ -252,8 +257,24 @@ class RunManager:
                 changes[name] = getattr(body, name)
         if body.status == "paused":
             return self._save(row, status="paused", requested=None, **changes)
+        if body.status == "failed" and body.retryable and row.requested is None and row.attempt <= job.retries:
+            return self._retry(row, job, changes)
         log.info("batch run ended", extra={"job": job.name, "run": row.number, "status": body.status})
         return self._end(row, body.status, **changes)
+
+    def _retry(self, row: Run, job: BatchJob, changes: dict[str, Any]) -> Run:
+        """Queue the run again for its next attempt (it resumes from its checkpoint); `attempt` counts them."""
+        delay = job.retry_delay_seconds
+        line = (f"attempt {row.attempt} of {job.retries + 1} failed: {changes.get('error') or 'no reason'}; "
+                f"retrying in {delay:g} s")  # fmt: skip
+        changes["log_tail"] = _tail(changes["log_tail"], [line])
+        self._save(row, status="queued", requested=None, **changes)
+        log.warning("batch run retried", extra={"job": job.name, "run": row.number, "attempt": row.attempt})
+        try:
+            self.queue.enqueue_run(row.id or 0, job.timeout_seconds, delay_seconds=delay)
+        except Exception as exc:
+            return self._end(row, "failed", error=f"{row.error}; could not queue its retry: {exc}")
+        return row
 
     def fire(self, job_id: int, fire_at: float) -> Run | None:
         """A schedule slot is due: one run per slot however many times it is fired, then the next slot."""
@@ -270,17 +291,18 @@ class RunManager:
         ).rowcount  # type: ignore[attr-defined]
         self.session.commit()
         self.session.refresh(job)
+        # The next slot after now first (slots missed while nothing was running are not made up one by one), so
+        # whoever sees this slot's run also sees the job's next fire.
+        job.next_run_at = next_fire(job.cron, job.timezone or "UTC", max(datetime.now(UTC), slot))
+        job.next_run_at = self.queue.schedule(job)
+        self.session.add(job)
+        self.session.commit()
         run = None
         if won:
             try:
                 run = self.start(job, trigger="schedule")
             except ModelServeError as err:  # e.g. script jobs turned off: this slot is lost, the next still comes
                 log.warning("scheduled run of %s not started: %s", job.name, err.detail)
-        # The next slot after now: slots missed while nothing was running are not made up one by one.
-        job.next_run_at = next_fire(job.cron, job.timezone or "UTC", max(datetime.now(UTC), slot))
-        job.next_run_at = self.queue.schedule(job)
-        self.session.add(job)
-        self.session.commit()
         return run
 
     # --- helpers -----------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import redis
@@ -52,16 +53,20 @@ class RunQueue:
     def _queue(self, connection: redis.Redis) -> Queue:
         return Queue(BATCH_QUEUE, connection=connection, serializer=JSONSerializer)
 
-    def enqueue_run(self, run_id: int, timeout_seconds: float) -> None:
+    def enqueue_run(self, run_id: int, timeout_seconds: float, delay_seconds: float = 0) -> None:
+        """Queue the run now, or after `delay_seconds` (RQ's scheduler moves it to the queue when due)."""
         connection = sync_redis(self.settings)
+        options: dict[str, Any] = {
+            "job_timeout": int(timeout_seconds) + _TIMEOUT_MARGIN,
+            "result_ttl": self.settings.job_result_ttl_seconds,
+            "failure_ttl": self.settings.job_result_ttl_seconds,
+            "description": f"batch run {run_id}",
+        }
         try:
-            self._queue(connection).enqueue(
-                RUN_TASK, run_id,
-                job_timeout=int(timeout_seconds) + _TIMEOUT_MARGIN,
-                result_ttl=self.settings.job_result_ttl_seconds,
-                failure_ttl=self.settings.job_result_ttl_seconds,
-                description=f"batch run {run_id}",
-            )  # fmt: skip
+            if delay_seconds > 0:
+                self._queue(connection).enqueue_in(timedelta(seconds=delay_seconds), RUN_TASK, run_id, **options)
+            else:
+                self._queue(connection).enqueue(RUN_TASK, run_id, **options)
         finally:
             connection.close()
 

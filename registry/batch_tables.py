@@ -35,6 +35,8 @@ class BatchJob(SQLModel, table=True):
     cron: str | None = Field(default=None, max_length=128)
     timezone: str | None = Field(default=None, max_length=64)
     schedule_paused: bool = False
+    last_run_number: int = 0
+    """The highest run number ever given (deleted runs included): numbers are never given twice."""
     retries: int = 0
     retry_delay_seconds: float = 0.0
     timeout_seconds: float = 3600.0

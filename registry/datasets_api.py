@@ -18,6 +18,7 @@ from rq.serializers import JSONSerializer
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
+from registry import idempotency
 from registry.catalog import check_name
 from registry.database import SessionDep
 from registry.datasets import DatasetCatalog, DatasetInfo, DatasetUsageCheck, InvalidDataset, inspect_dataset
@@ -26,6 +27,7 @@ from registry.tables import DatasetDetail, DatasetPublic
 from shared.artifacts import ArtifactStore, LocalArtifactStore, StagedArtifact
 from shared.errors import (
     BadRequest,
+    Conflict,
     ModelServeError,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -113,6 +115,7 @@ async def create_dataset(request: Request, response: Response) -> DatasetDetail:
 async def _upload(request: Request, response: Response) -> DatasetDetail:
     settings: Settings = request.app.state.settings
     store = dataset_store(request)
+    key = idempotency.read_key(request.headers, settings.idempotency_key_max_length)
     form = await receive_upload(request, store, settings.max_upload_bytes)
     try:
         errors = []
@@ -129,8 +132,18 @@ async def _upload(request: Request, response: Response) -> DatasetDetail:
         check_name(name)
         assert form.file is not None
         staged = form.file
+        upload_key = None
+        if key is not None:
+            upload_key = (key, idempotency.fingerprint(staged.sha256, {"name": name, "description": description}))
+            replayed = await run_in_threadpool(_replay, request, *upload_key)
+            if replayed is not None:  # a retry of an upload that was stored: the same answer, no second copy
+                store.discard(staged)
+                response.headers["Location"] = f"/api/v1/datasets/{replayed.name}"
+                return replayed
         await run_in_threadpool(_ensure_absent, request, name)
-        info = await run_in_threadpool(inspect_dataset, staged.path, settings.dataset_preview_rows)
+        info = await run_in_threadpool(
+            inspect_dataset, staged.path, settings.dataset_preview_rows, settings.upload_inspection_timeout_seconds
+        )
     except BaseException:
         if form.file is not None:
             store.discard(form.file)
@@ -139,7 +152,14 @@ async def _upload(request: Request, response: Response) -> DatasetDetail:
     def save() -> DatasetDetail:
         with Session(request.app.state.engine) as session:
             catalog = DatasetCatalog(session, store, dataset_usage(request))
-            return catalog.detail(catalog.add(name, staged, info, source="local", description=description))
+            try:
+                row = catalog.add(name, staged, info, source="local", description=description, upload_key=upload_key)
+            except Conflict:
+                # The same upload, retried while the first was still being inspected, got there first.
+                if upload_key is not None and (replayed := _replay(request, *upload_key)) is not None:
+                    return replayed
+                raise
+            return catalog.detail(row)
 
     try:
         detail = await run_in_threadpool(save)
@@ -147,6 +167,19 @@ async def _upload(request: Request, response: Response) -> DatasetDetail:
         store.discard(staged)  # no-op once committed
     response.headers["Location"] = f"/api/v1/datasets/{detail.name}"
     return detail
+
+
+def _replay(request: Request, key: str, print_: str) -> DatasetDetail | None:
+    """The dataset an earlier upload with this key made (None when the key is new, or its dataset is gone)."""
+    with Session(request.app.state.engine) as session:
+        ref = idempotency.find(session, idempotency.DATASETS, key, print_)
+        if ref is None:
+            return None
+        catalog = DatasetCatalog(session, dataset_store(request))
+        if not catalog.exists(ref):
+            idempotency.forget(session, idempotency.DATASETS, key)
+            return None
+        return catalog.detail(catalog.get(ref))
 
 
 def _ensure_absent(request: Request, name: str) -> None:

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from inference.runtimes import load_runtime
 from inference.runtimes.base import FunctionType, ModelDescription
 from inference.runtimes.examples import example_body
+from registry import idempotency
 from registry.catalog import ModelCatalog, check_name
 from registry.database import SessionDep
 from registry.events import publish_event
@@ -119,6 +120,8 @@ async def upload_model(request: Request, response: Response) -> UploadedVersion:
     version with 200 and `existing: true`, unless `force=true` (form field or query parameter)."""
     settings: Settings = request.app.state.settings
     store = request.app.state.store
+    key = idempotency.read_key(request.headers, settings.idempotency_key_max_length)
+    reserved = False
     form = await receive_upload(request, store, settings.max_upload_bytes)
     force_value = form.fields.get("force") or request.query_params.get("force") or ""
     try:
@@ -148,10 +151,22 @@ async def upload_model(request: Request, response: Response) -> UploadedVersion:
             raise ValidationFailed("Invalid upload: " + ", ".join(e["field"] for e in errors), errors=errors)
         check_name(name)
         assert form.file is not None
+        if key is not None:  # a retry answers the version its first try made (registry/idempotency.py)
+            fields = {"name": name, "description": form.fields.get("description"), "function_type": function_type}
+            print_ = idempotency.fingerprint(form.file.sha256, fields)
+            replayed = await run_in_threadpool(idempotency.begin_model_upload, request.app.state.engine, store, key,
+                                               print_, settings.upload_timeout_seconds)  # fmt: skip
+            if replayed is not None:
+                store.discard(form.file)
+                response.headers["Location"] = f"/api/v1/models/{replayed.model}/versions/{replayed.version}"
+                return UploadedVersion(**replayed.model_dump())
+            reserved = True
         described = await run_in_threadpool(inspect_artifact, form.file.path, settings, function_type)  # type: ignore[arg-type]
     except BaseException:
         if form.file is not None:
             store.discard(form.file)
+        if reserved:
+            await run_in_threadpool(idempotency.abandon_model_upload, request.app.state.engine, key)
         raise
 
     def save() -> UploadedVersion:
@@ -167,7 +182,12 @@ async def upload_model(request: Request, response: Response) -> UploadedVersion:
         public = await run_in_threadpool(save)
     except BaseException:
         store.discard(form.file)  # no-op once committed
+        if reserved:
+            await run_in_threadpool(idempotency.abandon_model_upload, request.app.state.engine, key)
         raise
+    if key is not None:
+        await run_in_threadpool(idempotency.finish_model_upload, request.app.state.engine, key, public.model,
+                                public.version)  # fmt: skip
     response.headers["Location"] = f"/api/v1/models/{public.model}/versions/{public.version}"
     log.info("model uploaded", extra={"model": public.model, "version": public.version, "sha256": public.sha256})
     await publish_event(request.app, "model", public.model)

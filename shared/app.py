@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import INTERNAL_TOKEN_HEADER
-from shared.errors import Unauthorized, install_error_handlers, problem_response
+from shared.errors import BadRequest, Unauthorized, field_error, install_error_handlers, problem_response
 from shared.logging import log_access, request_id_var
 from shared.metrics import MetricsMiddleware, render_metrics
 
@@ -78,6 +78,27 @@ class RequestContextMiddleware:
                 duration_ms = round((time.perf_counter() - start) * 1000, 2)
                 log_access(_access_log, scope.get("method", ""), path, status, duration_ms, rid)
             request_id_var.reset(token)
+
+
+_CONTROL = frozenset(chr(c) for c in [*range(0x20), 0x7F])
+
+
+class PathGuardMiddleware:
+    """Refuses (400) a path holding control characters (`%00`, `%0a`, …): no route has one, and past here a NUL
+    breaks database drivers and file names, which answered 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _CONTROL.isdisjoint(scope.get("path", "")):
+            err = BadRequest(
+                "The path holds control characters",
+                errors=[field_error("path", "control characters (U+0000-U+001F, U+007F) are not allowed")],
+            )
+            await problem_response(err)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def health_router(checks: Mapping[str, ReadyCheck], timeout: float = 3.0) -> APIRouter:
@@ -158,6 +179,7 @@ def instrument_app(
     if internal_token:
         app.add_middleware(InternalTokenMiddleware, token=internal_token)
     app.add_middleware(UserTrafficMetrics, process=process)
+    app.add_middleware(PathGuardMiddleware)
     # Internal processes name their route templates for the gateway's metrics (the public gateway does not).
     app.add_middleware(RequestContextMiddleware, name_route=process != "gateway")
     return app

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
 from typing import Any
 
 import redis.exceptions
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -145,6 +147,31 @@ def _short(value: Any) -> Any:
     return value if len(text) <= 200 else text[:200] + "…"
 
 
+MAX_DB_INT = 2**63 - 1
+"""Largest integer a database column holds (SQLite INTEGER, PostgreSQL BIGINT)."""
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _too_big(value: str) -> bool:
+    text = value.strip().lstrip("+-")
+    return text.isdigit() and abs(int(value)) > MAX_DB_INT
+
+
+def out_of_range(path_params: Mapping[str, Any], query_params: Mapping[str, Any]) -> ValidationFailed:
+    """The 422 for an integer past what the database holds, naming the path or query fields that carry one."""
+    fields = [f"path.{k}" for k, v in path_params.items() if _too_big(str(v))]
+    fields += [f"query.{k}" for k, v in query_params.items() if _too_big(str(v))]
+    limit = f"an integer between {-MAX_DB_INT - 1} and {MAX_DB_INT}"
+    errors = [field_error(f, limit) for f in fields or ["body"]]
+    return ValidationFailed("Invalid request: " + ", ".join(e["field"] for e in errors), errors=errors)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error, FastAPI's own 404/405/422 included, to problem+json."""
 
@@ -155,6 +182,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         mapping: dict[int, type[ModelServeError]] = {
+            400: BadRequest,
             404: NotFound,
             405: MethodNotAllowed,
             401: Unauthorized,
@@ -162,8 +190,11 @@ def install_error_handlers(app: FastAPI) -> None:
             413: PayloadTooLarge,
         }
         cls = mapping.get(exc.status_code, ModelServeError)
-        err = cls(str(exc.detail) if exc.detail else None, headers=dict(exc.headers or {}))
+        errors = [field_error("body", str(exc.detail))] if exc.status_code == 400 and exc.detail else None
+        err = cls(str(exc.detail) if exc.detail else None, headers=dict(exc.headers or {}), errors=errors)
         err.status = exc.status_code
+        if cls is ModelServeError:  # a status without a class of its own: its standard phrase, not "Internal error"
+            err.title = _phrase(exc.status_code)
         return problem_response(err, request.url.path)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
@@ -171,6 +202,10 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = []
         for e in exc.errors():
             loc = [str(p) for p in e.get("loc", ())]
+            if e.get("type") == "json_invalid":  # the body as a whole, not a position in it
+                reason = (e.get("ctx") or {}).get("error")
+                errors.append(field_error("body", f"not valid JSON: {reason}" if reason else "not valid JSON"))
+                continue
             entry = field_error(loc, e.get("msg", "invalid"), expected=e.get("type"))
             if "input" in e and e.get("type") != "missing":
                 entry["received"] = _short(e["input"])
@@ -193,7 +228,19 @@ def install_error_handlers(app: FastAPI) -> None:
             request.url.path,
         )
 
+    async def on_overflow(request: Request, exc: Exception) -> JSONResponse:
+        # An integer the database cannot hold (SQLite and PostgreSQL stop at 2^63 - 1): the caller's input.
+        return problem_response(out_of_range(request.path_params, request.query_params), request.url.path)
+
+    async def on_data_error(request: Request, exc: Exception) -> JSONResponse:
+        # PostgreSQL's "integer out of range" (SQLite's is the OverflowError above); other data errors stay 500s.
+        if "out of range" in str(getattr(exc, "orig", exc)):
+            return problem_response(out_of_range(request.path_params, request.query_params), request.url.path)
+        return await on_unexpected(request, exc)
+
     app.add_exception_handler(ModelServeError, on_modelserve)
+    app.add_exception_handler(OverflowError, on_overflow)
+    app.add_exception_handler(sqlalchemy.exc.DataError, on_data_error)
     app.add_exception_handler(redis.exceptions.ConnectionError, on_redis_down)
     app.add_exception_handler(redis.exceptions.TimeoutError, on_redis_down)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -33,6 +33,11 @@ def batch_key(batch_id: str) -> str:
     return f"modelserve:async:batch:{batch_id}"
 
 
+def batch_owner_key(batch_id: str) -> str:
+    """The `shared.leases.Lease` of the worker running a batch: while it is held the batch is not re-queued."""
+    return f"modelserve:async:batch-owner:{batch_id}"
+
+
 def service_jobs_key(service: str) -> str:
     """Sorted set of a service's job ids by creation time (listing)."""
     return f"modelserve:async:service:{service}"

@@ -257,10 +257,33 @@ class Settings(BaseSettings):
     at upload (besides its verification records); the version is bound to the one that is right. 0: no
     cross-check, the first engine that loads and verifies the model serves (faster uploads of huge models)."""
 
+    # --- jobs ---
+    scheduler_redis_backoff_seconds: float = Field(default=10.0, gt=0)
+    """While Redis is unreachable the scheduler keeps running and retries, waiting at most this long between tries."""
+
+    upload_inspection_timeout_seconds: float = Field(default=300.0, gt=0)
+    """Longest the registry spends inspecting one uploaded dataset; past it the upload is refused (422)."""
+
+    upload_timeout_seconds: float = Field(default=600.0, gt=0)
+    """How long the gateway waits for the registry's answer to an upload (model or dataset); at least
+    `upload_inspection_timeout_seconds`, so an upload the registry accepts is never answered 503 meanwhile."""
+
+    idempotency_key_max_length: int = Field(default=255, ge=8, le=255)
+    """Longest `Idempotency-Key` header an upload may carry."""
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _upload_outlasts_inspection(self) -> Settings:
+        if self.upload_timeout_seconds < self.upload_inspection_timeout_seconds:
+            raise ValueError(
+                "MODELSERVE_UPLOAD_TIMEOUT_SECONDS must be at least MODELSERVE_UPLOAD_INSPECTION_TIMEOUT_SECONDS "
+                "(else the gateway gives up on uploads the registry goes on to store)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -95,10 +95,6 @@ class PmmlRuntime:
         """No columnar path: the engines evaluate records, so batch scoring takes the record path."""
         return None
 
-    def predict_columns(self, inputs: Mapping[str, Sequence[Any]]) -> None:
-        """No columnar path: the engines evaluate records, so batch scoring takes the record path."""
-        return None
-
     def unload(self) -> None:
         """Drop the engine's model (the JVM stays: it is shared and cannot be restarted)."""
         if self._engine is not None:

@@ -333,3 +333,94 @@ def test_a_second_copy_of_a_running_run_leaves_it_alone(api: httpx.Client, setti
     client.delete("modelserve:batch:run-owner:1")
     work(settings)
     assert run(api, "d")["status"] == "succeeded"
+
+
+# --- output formats, retries as attempts, one reader for JSON lines ---------------------------------------
+
+
+def _read_result(content: bytes, fmt: str) -> pa.Table:
+    import io
+
+    import pyarrow.csv as pacsv
+
+    if fmt == "parquet":
+        return pq.read_table(io.BytesIO(content))
+    if fmt == "csv":
+        return pacsv.read_csv(io.BytesIO(content))
+    return pa.Table.from_pylist([json.loads(line) for line in content.splitlines() if line.strip()])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_each_output_format_runs_to_success_and_reads_back(api: httpx.Client, settings: Settings, fmt: str) -> None:
+    resp = api.post("/api/v1/batch-jobs", json=predict_job(f"out-{fmt}", output_format=fmt))
+    assert resp.status_code == 201, resp.text
+    api.post(f"/api/v1/batch-jobs/out-{fmt}/runs")
+    work(settings)
+    done = run(api, f"out-{fmt}")
+    assert done["status"] == "succeeded", done
+    result = api.get(f"/api/v1/batch-jobs/out-{fmt}/runs/1/result")
+    assert result.status_code == 200
+    table = _read_result(result.content, fmt)
+    assert table.num_rows == 45 and sorted(table.column("id").to_pylist()) == list(range(45))
+    assert {"label", "probability_0", "probability_1", "probability_2"} <= set(table.column_names)
+    assert api.get(f"/api/v1/datasets/{done['result_dataset']}").json()["format"] == fmt
+
+
+def test_a_run_failing_transiently_is_retried_as_a_new_attempt(
+    api: httpx.Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobs import batch_predict
+
+    original = batch_predict.concatenate_parts
+    failures = {"left": 2}
+
+    def flaky(workdir: Path, parts: int, fmt: str) -> Path:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError("disk briefly unavailable")
+        return original(workdir, parts, fmt)
+
+    monkeypatch.setattr(batch_predict, "concatenate_parts", flaky)
+    api.post("/api/v1/batch-jobs", json={**predict_job("flaky"), "retries": 2})
+    api.post("/api/v1/batch-jobs/flaky/runs")
+    work(settings)
+    done = run(api, "flaky")
+    assert done["status"] == "succeeded" and done["attempt"] == 3, done
+    assert sum("retrying in" in line for line in done["log_tail"]) == 2
+    assert sorted(read_output(api.get("/api/v1/batch-jobs/flaky/runs/1/result").content)["id"]) == list(range(45))
+
+
+def test_a_run_that_keeps_failing_stops_after_its_retries(
+    api: httpx.Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobs import batch_predict
+
+    def broken(workdir: Path, parts: int, fmt: str) -> Path:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(batch_predict, "concatenate_parts", broken)
+    api.post("/api/v1/batch-jobs", json={**predict_job("broken"), "retries": 1})
+    api.post("/api/v1/batch-jobs/broken/runs")
+    work(settings)
+    failed = run(api, "broken")
+    assert failed["status"] == "failed" and failed["attempt"] == 2, failed
+    assert "disk gone" in failed["error"]
+
+
+def test_json_lines_with_a_bom_nan_and_widening_numbers_score_as_inspected(
+    api: httpx.Client, settings: Settings, tmp_path: Path
+) -> None:
+    lines = []
+    for i in range(25):
+        x = "NaN" if i == 3 else (str(i) if i < 12 else f"{i}.5")  # whole numbers first, fractions later
+        lines.append(f'{{"id": {i}, "sepal_length": {x}, "sepal_width": 3.1, "petal_length": 1.4, "petal_width": 0.2}}')
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
+    info = upload_dataset(api, "bom-in", path)
+    assert info["format"] == "jsonl" and info["rows"] == 25
+    api.post("/api/v1/batch-jobs", json=predict_job("bom", input_dataset="bom-in"))
+    api.post("/api/v1/batch-jobs/bom/runs")
+    work(settings)
+    done = run(api, "bom")
+    assert done["status"] == "succeeded" and done["rows_done"] == 25, done
+    assert sorted(read_output(api.get("/api/v1/batch-jobs/bom/runs/1/result").content)["id"]) == list(range(25))

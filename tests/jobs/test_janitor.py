@@ -110,3 +110,20 @@ def test_two_schedulers_never_sweep_at_once(settings: Settings) -> None:
     _record(client, "x")
     client.zadd(UNBATCHED, {"x": 0})
     assert sweep(client, settings) == {}
+
+
+def test_a_batch_whose_worker_holds_its_lease_is_not_requeued(settings: Settings) -> None:
+    from shared.jobstore import batch_owner_key
+    from shared.leases import Lease
+
+    client = redis.Redis.from_url(settings.redis_url or "")
+    _record(client, "a")
+    batch = enqueue_batch(client, "s", "m", 1, ["a"], lease_seconds=-1)
+    _started(client, batch, seconds_ago=settings.job_lease_seconds + 1)  # its index entry ran out long ago
+    owner = Lease(client, batch_owner_key(batch), 30)
+    assert owner.acquire()  # ... but the worker running it is alive and holds the batch
+    assert sweep(client, settings)["requeued"] == 0
+    assert client.zscore(BATCHES, batch) > now()
+    assert owner.release()
+    client.zadd(BATCHES, {batch: now() - 1})
+    assert sweep(client, settings)["requeued"] == 1  # nobody holds it: its worker is gone

@@ -285,3 +285,83 @@ async def test_a_restarted_registry_puts_the_pending_fire_back(
     assert again["next_run_at"] == job["next_run_at"]
     slot = datetime.fromisoformat(job["next_run_at"])
     assert pending_fires(settings, 1) == [f"sched-1-{int(slot.timestamp())}"]
+
+
+def test_a_deleted_runs_number_is_never_given_again(ready: httpx.Client) -> None:
+    api = ready
+    api.post("/api/v1/batch-jobs", json=predict_job("nightly"))
+    for _ in range(2):
+        assert api.post("/api/v1/batch-jobs/nightly/runs").status_code == 202
+    for number in (2, 1):  # the newest first: a max()+1 numbering would give 2 again, then 1
+        assert api.post(f"/api/v1/batch-jobs/nightly/runs/{number}/stop").json()["status"] == "stopped"
+        assert api.delete(f"/api/v1/batch-jobs/nightly/runs/{number}").status_code == 204
+    third = api.post("/api/v1/batch-jobs/nightly/runs").json()
+    assert third["number"] == 3 and third["name"] == "nightly#3"
+    page = api.get("/api/v1/batch-jobs/nightly/runs").json()
+    assert [r["name"] for r in page["items"]] == ["nightly#3"]
+
+
+SLOW_SCRIPT = """
+import time
+print("started", flush=True)
+time.sleep(5)
+print("done", flush=True)
+"""
+
+
+def test_a_script_jobs_control_polls_leave_its_checkpoint_alone(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlmodel import Session
+
+    from jobs import batch_runs
+    from registry.batch_tables import Run
+    from shared.db import create_db_engine
+
+    enabled = settings.model_copy(update={"internal_token": TOKEN, "script_jobs_enabled": True})
+    bodies: list[dict[str, Any]] = []
+    checkpoints: list[Any] = []
+    original = batch_runs.RegistryClient.progress
+    engine = create_db_engine(settings.effective_database_url)
+
+    def record(self: batch_runs.RegistryClient, run_id: int, body: dict[str, Any]) -> str:
+        bodies.append(body)
+        answer = original(self, run_id, body)
+        with Session(engine) as session:
+            row = session.get(Run, run_id)
+            checkpoints.append(row.checkpoint if row else None)
+        return answer
+
+    with (
+        LiveServer(create_app(enabled)) as server,
+        httpx.Client(base_url=server.url, headers={INTERNAL_TOKEN_HEADER: TOKEN}, timeout=30) as api,
+    ):
+        worker_env(monkeypatch, settings, server.url)
+        monkeypatch.setenv("MODELSERVE_SCRIPT_JOBS_ENABLED", "true")
+        monkeypatch.setattr(batch_runs.RegistryClient, "progress", record)
+        body = {"name": "slow", "kind": "script", "params": {"code": SLOW_SCRIPT}}
+        assert api.post("/api/v1/batch-jobs", json=body).status_code == 201
+        api.post("/api/v1/batch-jobs/slow/runs")
+        work(settings)
+        run = api.get("/api/v1/batch-jobs/slow/runs/1").json()
+    engine.dispose()
+    assert run["status"] == "succeeded", run
+    assert bodies, "the script was never polled for a stop"
+    assert all("checkpoint" not in b and "rows_done" not in b for b in bodies), bodies
+    # The checkpoint the claim saved (the params the run started with) is still there after every poll.
+    assert checkpoints and all(c and c.get("params", {}).get("code") == SLOW_SCRIPT for c in checkpoints)
+
+
+async def test_integers_past_64_bits_are_a_422_on_both_databases(
+    registry: httpx.AsyncClient, onnx_models: dict[str, Path], tmp_path: Path
+) -> None:
+    await _setup(registry, onnx_models["random_forest"], tmp_path)
+    assert (await registry.post("/api/v1/batch-jobs", json=predict_job("j"))).status_code == 201
+    for url, field in [
+        (f"/api/v1/batch-jobs/j/runs/{2**63}", "path.run"),
+        (f"/api/v1/models/iris/versions/{2**64}", "path.version"),
+        (f"/api/v1/datasets?offset={2**63}", "query.offset"),
+    ]:
+        resp = await registry.get(url)
+        assert resp.status_code == 422, (url, resp.text)
+        assert [e["field"] for e in resp.json()["errors"]] == [field], resp.text

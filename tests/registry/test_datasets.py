@@ -308,3 +308,103 @@ def test_register_job_output(sqlite_settings: Settings, tmp_path: Path) -> None:
         assert store.local_path(row.sha256 or "").read_bytes() == output.read_bytes()
     assert output.exists()  # the job's own file is left where it was
     engine.dispose()
+
+
+# --- Idempotency-Key and the inspection time limit ---------------------------------------------------------
+
+
+async def _keyed(client: httpx.AsyncClient, path: Path, key: str, name: str = "d", **fields: str) -> httpx.Response:
+    return await client.post(
+        "/api/v1/datasets",
+        data={"name": name, **fields},
+        files={"file": (path.name, path.read_bytes(), "application/octet-stream")},
+        headers={"Idempotency-Key": key},
+    )
+
+
+async def test_a_retried_upload_with_its_key_answers_the_same_dataset(
+    registry: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path / "iris.csv", iris_rows(30))
+    first = await _keyed(registry, path, "upload-1")
+    assert first.status_code == 201, first.text
+    again = await _keyed(registry, path, "upload-1")
+    assert again.status_code == 201 and again.json() == first.json()
+    assert again.headers["location"] == "/api/v1/datasets/d"
+    assert (await registry.get("/api/v1/datasets")).json()["total"] == 1
+    # The same key with another file, or other fields: refused, naming the header.
+    other = write_csv(tmp_path / "other.csv", iris_rows(31))
+    for resp in (await _keyed(registry, other, "upload-1"), await _keyed(registry, path, "upload-1", description="x")):
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["errors"][0]["field"] == "header.Idempotency-Key"
+    # Without a key a second upload of the name is still a conflict.
+    assert (await upload(registry, path)).status_code == 409
+    bad = await _keyed(registry, path, "\x01")
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "header.Idempotency-Key"
+
+
+async def test_a_retry_sent_while_the_first_upload_is_inspected_stores_one_copy(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import time
+
+    from registry import datasets_api
+
+    original = datasets_api.inspect_dataset
+    calls: list[int] = []
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(1.5)  # the first upload outlasts the client's patience; its retry comes meanwhile
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(datasets_api, "inspect_dataset", slow)
+    path = write_csv(tmp_path / "iris.csv", iris_rows(30))
+    async with asgi_client(create_app(settings)) as client:
+        first = asyncio.create_task(_keyed(client, path, "retry-me"))
+        await asyncio.sleep(0.5)
+        second = await _keyed(client, path, "retry-me")
+        answers = [await first, second]
+        assert [a.status_code for a in answers] == [201, 201], [a.text for a in answers]
+        assert answers[0].json() == answers[1].json()
+        assert (await client.get("/api/v1/datasets")).json()["total"] == 1
+
+
+async def test_a_key_whose_dataset_was_deleted_uploads_anew(registry: httpx.AsyncClient, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "iris.csv", iris_rows(30))
+    first = await _keyed(registry, path, "k")
+    assert (await registry.delete("/api/v1/datasets/d")).status_code == 204
+    again = await _keyed(registry, path, "k")
+    assert again.status_code == 201 and again.json()["created_at"] != first.json()["created_at"]
+
+
+async def test_an_inspection_past_its_time_limit_is_refused_not_left_running(
+    settings: Settings, tmp_path: Path
+) -> None:
+    quick = settings.model_copy(update={"upload_inspection_timeout_seconds": 1e-9})
+    path = write_csv(tmp_path / "iris.csv", iris_rows(300))
+    async with asgi_client(create_app(quick)) as client:
+        resp = await upload(client, path)
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["title"] == "Inspection timed out" and resp.json()["errors"][0]["field"] == "file"
+        assert (await client.get("/api/v1/datasets")).json()["total"] == 0
+
+
+def test_the_gateways_upload_timeout_outlasts_the_inspection_limit() -> None:
+    with pytest.raises(ValueError, match="UPLOAD_TIMEOUT_SECONDS"):
+        Settings(upload_timeout_seconds=60, upload_inspection_timeout_seconds=120)
+    defaults = Settings()
+    assert defaults.upload_timeout_seconds >= defaults.upload_inspection_timeout_seconds
+
+
+def test_json_lines_with_a_bom_and_nan_read_back_as_inspected(tmp_path: Path) -> None:
+    from shared.tabular import iter_chunks
+
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1, "b": "x"}\n{"a": NaN, "b": null}\n\n{"a": 2.5, "b": "y"}\n')
+    info = inspect_dataset(path)
+    assert info.rows == 3 and info.columns == [{"name": "a", "type": "double"}, {"name": "b", "type": "string"}]
+    [table] = list(iter_chunks(path, info.format, info.columns, 10))
+    assert table.column("a").to_pylist() == [1.0, None, 2.5] and table.column("b").to_pylist() == ["x", None, "y"]

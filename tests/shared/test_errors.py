@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import sqlite3
+
+from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from shared.app import instrument_app
 from shared.errors import Conflict, ValidationFailed, field_error
+from shared.paging import Offset
 from tests.conftest import asgi_client
 
 
@@ -75,3 +78,61 @@ async def test_request_id_generated_when_absent_or_unsafe() -> None:
         assert len(generated) == 32
         unsafe = (await client.post("/things", json={"count": 1}, headers={"X-Request-ID": "x" * 500})).headers
         assert unsafe["x-request-id"] != "x" * 500
+
+
+def _edge_app() -> FastAPI:
+    app = FastAPI()
+    db = sqlite3.connect(":memory:", check_same_thread=False)
+    db.execute("CREATE TABLE t (n INTEGER)")
+
+    @app.get("/items/{number}")
+    def by_number(number: int) -> dict[str, int]:
+        db.execute("SELECT * FROM t WHERE n = ?", (number,)).fetchall()  # overflows past 2^63 - 1
+        return {"number": number}
+
+    @app.get("/page")
+    def page(offset: Offset = 0) -> dict[str, int]:
+        return {"offset": offset}
+
+    @app.post("/things")
+    async def create(body: Body) -> dict[str, int]:
+        return {"count": body.count}
+
+    @app.post("/parse")
+    async def parse() -> None:
+        raise HTTPException(400, "There was an error parsing the body")
+
+    return instrument_app(app, "test", {})
+
+
+async def test_integers_past_64_bits_are_a_422_naming_the_field_not_a_500() -> None:
+    async with asgi_client(_edge_app()) as client:
+        ok = await client.get("/items/9223372036854775807")
+        assert ok.status_code == 200
+        resp = await client.get("/items/9223372036854775808")
+        assert resp.status_code == 422, resp.text
+        assert resp.headers["content-type"] == "application/problem+json"
+        assert [e["field"] for e in resp.json()["errors"]] == ["path.number"]
+        paged = await client.get("/page", params={"offset": str(2**64)})
+        assert paged.status_code == 422 and paged.json()["errors"][0]["field"] == "query.offset"
+
+
+async def test_control_characters_in_a_path_are_a_400() -> None:
+    async with asgi_client(_edge_app()) as client:
+        for path in ("/items/1%00", "/items/a%0Ab", "/nope%7F"):
+            resp = await client.get(path)
+            assert resp.status_code == 400, (path, resp.text)
+            body = resp.json()
+            assert body["title"] == "Bad request" and body["errors"][0]["field"] == "path"
+
+
+async def test_a_malformed_json_body_is_named_body_and_titled_properly() -> None:
+    async with asgi_client(_edge_app()) as client:
+        resp = await client.post("/things", content=b"{not json", headers={"content-type": "application/json"})
+        assert resp.status_code == 422
+        body = resp.json()
+        assert body["title"] == "Validation failed"
+        assert [e["field"] for e in body["errors"]] == ["body"] and "not valid JSON" in body["errors"][0]["message"]
+        parse = await client.post("/parse")
+        assert parse.status_code == 400
+        assert parse.json()["title"] == "Bad request" and parse.json()["errors"][0]["field"] == "body"
