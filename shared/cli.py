@@ -181,7 +181,8 @@ def up(
     # Everything this process and its children create (database, artifacts, AOF, metrics) is the user's only.
     os.umask(0o077)
     settings = _settings(data_dir)
-    data = secure_dir(settings.data_dir)
+    data = settings.data_dir
+    data.mkdir(parents=True, exist_ok=True)
     gateway_url = f"http://{host}:{port}"
     lock = DataDirLock(data)
     try:
@@ -191,11 +192,13 @@ def up(
         typer.echo(f"modelserve up: {exc}", err=True)
         raise typer.Exit(2) from exc
     lock.describe(url=gateway_url, pid=os.getpid())
+    secure_dir(data)
     # No child needs the bootstrap admin key (it is stored hashed below): keep it out of every environment.
     os.environ.pop("MODELSERVE_ADMIN_KEY", None)
     run_dir = data / "run"
     metrics_dir = run_dir / "metrics"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
+    # What a previous instance that died left here (metrics, replica records) is stale: we hold the lock now.
+    shutil.rmtree(run_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     # Before prometheus_client is imported anywhere in this process: every process writes to one directory.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)

@@ -179,3 +179,11 @@ def test_a_second_lock_on_a_data_dir_names_the_holder(tmp_path: Path) -> None:
     first.release()
     again = DataDirLock(tmp_path).acquire()  # free once released
     again.release()
+
+
+def test_settings_repr_hides_the_redis_password() -> None:
+    from shared.settings import Settings
+
+    settings = Settings(redis_url=redis_url_for(6379, PASSWORD), internal_token="t" * 40, admin_key="msk_" + "a" * 40)
+    for text in (repr(settings), str(settings)):
+        assert PASSWORD not in text and "t" * 40 not in text and "a" * 40 not in text
