@@ -237,6 +237,9 @@ class LocalBackend:
 
     def _env(self, spec: ServiceSpec, index: int) -> dict[str, str]:
         env = java_env(dict(os.environ))
+        # A replica stops itself when this process is gone (`shared.cli`): under `modelserve up` the variable
+        # names `up`, so replicas outlive a registry restart; a registry run on its own takes them along.
+        env.setdefault("MODELSERVE_SUPERVISOR_PID", str(os.getpid()))
         if spec.cpu_reserve:
             cores = (
                 sorted(os.sched_getaffinity(0))

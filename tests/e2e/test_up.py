@@ -11,7 +11,11 @@ import httpx
 import psutil
 import pytest
 import redis
+from rq import Queue
+from rq.job import JobStatus
+from rq.serializers import JSONSerializer
 
+from shared.redis import PREDICT_QUEUE
 from tests.e2e.conftest import Platform, start_platform
 from tests.e2e.test_services_e2e import running, upload, wait_for
 
@@ -111,6 +115,12 @@ def test_up_keeps_secrets_and_data_private(tmp_path: Path, onnx_models: dict[str
         assert authed.ping()
         with pytest.raises(redis.ResponseError):
             authed.config_set("dir", "/tmp")
+        # Even with the password, the platform's worker runs no function but its own tasks.
+        marker = tmp_path / "pwned"
+        queue = Queue(PREDICT_QUEUE, connection=authed, serializer=JSONSerializer)
+        job = queue.enqueue("os.system", f"touch {marker}")
+        wait_for(lambda: job.get_status(refresh=True) == JobStatus.FAILED, what="the worker refused the job")
+        assert not marker.exists()
 
         # Every child (a replica included) has only the secrets it needs: never the admin key.
         everything = platform.children()
