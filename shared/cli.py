@@ -11,6 +11,7 @@ import secrets
 import shutil
 import signal
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -38,7 +39,7 @@ def _settings(data_dir: Path | None = None) -> Settings:
     return Settings()
 
 
-def _serve(factory: str, process: str, host: str, port: int, workers: int = 1) -> None:
+def _serve(factory: str, process: str, host: str, port: int, workers: int = 1, *, public: bool = False) -> None:
     import uvicorn
 
     from shared.logging import configure_logging
@@ -48,19 +49,45 @@ def _serve(factory: str, process: str, host: str, port: int, workers: int = 1) -
     uvicorn.run(
         factory, factory=True, host=host, port=port, log_config=None, access_log=False, lifespan="on",
         workers=workers if workers > 1 else None,
+        # Header and body read timeouts (uvicorn has none); the public server also caps its connections.
+        http="shared.http_guard:GuardedHttpToolsProtocol",
+        timeout_keep_alive=settings.http_keep_alive_seconds,
+        limit_concurrency=settings.gateway_max_connections if public else None,
     )  # fmt: skip
 
 
 @app.command()
 def gateway(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     """Run the public gateway (MODELSERVE_GATEWAY_WORKERS processes)."""
-    _serve("gateway.app:create_app", "gateway", host, port, workers=Settings().gateway_workers)
+    _serve("gateway.app:create_app", "gateway", host, port, workers=Settings().gateway_workers, public=True)
 
 
 @app.command()
 def registry(host: HostOpt = "127.0.0.1", port: PortOpt = 8001) -> None:
     """Run the registry (database, artifact store, desired state of services)."""
     _serve("registry.app:create_app", "registry", host, port)
+
+
+def _exit_with_supervisor() -> None:
+    """A replica outlives its registry (a restarted registry re-adopts it) but never `modelserve up`: it stops
+    itself when the `up` that started the platform is gone, even if `up` died by SIGKILL."""
+    raw = os.environ.get("MODELSERVE_SUPERVISOR_PID")
+    if not raw or not raw.isdigit():
+        return
+    supervisor = int(raw)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(supervisor, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:
+                pass  # exists (another user's pid would mean reuse, but it is still not gone)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 @app.command()
@@ -72,6 +99,7 @@ def inference(
     version: Annotated[int | None, typer.Option(help="The pinned model version (with --service).")] = None,
 ) -> None:
     """Run an inference process: pool mode (any model version), or a replica pinned to one service."""
+    _exit_with_supervisor()
     affinity = os.environ.get("MODELSERVE_CPU_AFFINITY")
     if affinity and hasattr(os, "sched_setaffinity"):
         # The service's cpu_reserve: this replica's threads stay on its cores.
@@ -148,22 +176,41 @@ def up(
 ) -> None:
     """Run the whole platform on this machine: Redis (embedded unless MODELSERVE_REDIS_URL is set), registry,
     an inference pool, a worker, the scheduler and the gateway, supervised until Ctrl-C."""
+    from shared.datadir import SECRETS_DIR, DataDirInUse, DataDirLock, read_or_create_secret, secure_dir, write_secret
+
+    # Everything this process and its children create (database, artifacts, AOF, metrics) is the user's only.
+    os.umask(0o077)
     settings = _settings(data_dir)
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
+    gateway_url = f"http://{host}:{port}"
+    lock = DataDirLock(data)
+    try:
+        lock.acquire()
+    except DataDirInUse as exc:
+        # Before anything else: the running instance's Redis, database and metrics stay untouched.
+        typer.echo(f"modelserve up: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    lock.describe(url=gateway_url, pid=os.getpid())
+    secure_dir(data)
+    # No child needs the bootstrap admin key (it is stored hashed below): keep it out of every environment.
+    os.environ.pop("MODELSERVE_ADMIN_KEY", None)
     run_dir = data / "run"
     metrics_dir = run_dir / "metrics"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
+    # What a previous instance that died left here (metrics, replica records) is stale: we hold the lock now.
+    shutil.rmtree(run_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     # Before prometheus_client is imported anywhere in this process: every process writes to one directory.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
     from shared.logging import configure_logging
     from shared.metrics import PROCESS_RESTARTS
-    from shared.redis_server import redis_server_argv
-    from shared.supervisor import ChildSpec, Supervisor, free_port, java_env
+    from shared.redis_server import redis_server_argv, redis_url_for
+    from shared.supervisor import ChildSpec, Supervisor, become_subreaper, free_port, java_env
 
     configure_logging("up", settings.log_level, settings.log_json)
+    # Replicas outlive a registry that dies (they are the registry's children): they become ours, and we stop them.
+    become_subreaper()
     supervisor = Supervisor(on_restart=lambda child: PROCESS_RESTARTS.labels(child.spec.name).inc())
     stop_requested = False
 
@@ -176,9 +223,14 @@ def up(
 
     python = sys.executable
     cli = [python, "-m", "shared.cli"]
+    secrets_dir = secure_dir(data / SECRETS_DIR)
+    internal_token = settings.internal_token or secrets.token_urlsafe(32)
+    write_secret(secrets_dir / "internal-token", internal_token)
     env: dict[str, str] = {
         "MODELSERVE_DATA_DIR": str(data),
-        "MODELSERVE_INTERNAL_TOKEN": settings.internal_token or secrets.token_urlsafe(32),
+        "MODELSERVE_INTERNAL_TOKEN": internal_token,
+        "MODELSERVE_PUBLIC_URL": settings.public_url or gateway_url,
+        "MODELSERVE_SUPERVISOR_PID": str(os.getpid()),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "PYTHONUNBUFFERED": "1",
     }
@@ -187,20 +239,18 @@ def up(
             redis_url = settings.redis_url
         else:
             redis_port = free_port()
-            redis_url = f"redis://127.0.0.1:{redis_port}/0"
-            supervisor.add(
-                ChildSpec("redis", redis_server_argv(data, redis_port), ready=lambda: _redis_ok(redis_url)),
-                wait_ready=30,
-            )
+            password = read_or_create_secret(secrets_dir / "redis-password")
+            redis_url = redis_url_for(redis_port, password)
+            argv = redis_server_argv(data, redis_port, password, settings.redis_appendfsync)
+            supervisor.add(ChildSpec("redis", argv, ready=lambda: _redis_ok(redis_url)), wait_ready=30)
         env["MODELSERVE_REDIS_URL"] = redis_url
         os.environ.update(env)
-        admin_key = _call("registry.bootstrap:bootstrap", Settings())
+        admin_key = _call("registry.bootstrap:bootstrap", Settings(admin_key=settings.admin_key))
 
         registry_port, inference_port = free_port(), free_port()
         env["MODELSERVE_REGISTRY_URL"] = f"http://127.0.0.1:{registry_port}"
         env["MODELSERVE_INFERENCE_URL"] = f"http://127.0.0.1:{inference_port}"
         env = java_env({**os.environ, **env})
-        gateway_url = f"http://{host}:{port}"
         specs = [
             ChildSpec("registry", [*cli, "registry", "--port", str(registry_port)], env,
                       ready=lambda: _http_ok(f"http://127.0.0.1:{registry_port}/health/live")),
@@ -230,6 +280,7 @@ def up(
         typer.echo("stopping…", err=True)
         supervisor.stop_all()
         shutil.rmtree(run_dir, ignore_errors=True)
+        lock.release()
     typer.echo("stopped", err=True)
 
 

@@ -23,8 +23,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     """SQLAlchemy URL of the database; defaults to SQLite at `<data_dir>/modelserve.db`."""
 
-    redis_url: str | None = None
-    """Redis URL; when unset, `modelserve up` starts an embedded Redis bound to loopback."""
+    redis_url: str | None = Field(default=None, repr=False)
+    """Redis URL; when unset, `modelserve up` starts an embedded Redis bound to loopback (with a password)."""
 
     admin_key: str | None = Field(default=None, repr=False)
     """Bootstrap admin API key; when unset one is generated at first start and printed once."""
@@ -270,6 +270,31 @@ class Settings(BaseSettings):
 
     idempotency_key_max_length: int = Field(default=255, ge=8, le=255)
     """Longest `Idempotency-Key` header an upload may carry."""
+
+    # --- sec ---
+
+    public_url: str | None = None
+    """The URL clients reach the gateway at (e.g. behind a proxy); defaults to `http://{host}:{port}`. Generated
+    scoring scripts point at it."""
+
+    http_header_timeout_seconds: float = Field(default=10.0, ge=0)
+    """A client must send a request's line and headers within this long (from connecting, or from the first
+    byte of a later request on a kept-alive connection), else it gets 408 and is disconnected; 0 disables."""
+
+    http_body_idle_timeout_seconds: float = Field(default=30.0, ge=0)
+    """A client sending a request body must send some bytes at least this often, else it is disconnected;
+    0 disables."""
+
+    http_keep_alive_seconds: int = Field(default=5, ge=1)
+    """An idle kept-alive connection is closed after this long."""
+
+    gateway_max_connections: int = Field(default=2048, ge=1)
+    """Connections (and in-flight requests) one gateway process serves at once; past it new requests answer
+    503 at once instead of queueing without bound."""
+
+    redis_appendfsync: Literal["always", "everysec"] = "always"
+    """fsync policy of the embedded Redis' append-only file: `always` makes an accepted (202) async job
+    survive a crash of Redis or of the machine; `everysec` may lose the last second of writes."""
 
     @field_validator("data_dir")
     @classmethod

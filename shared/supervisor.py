@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -13,9 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+
+import psutil
 
 log = logging.getLogger("modelserve.supervisor")
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -38,13 +43,118 @@ def java_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "JAVA_HOME": home, "PATH": f"{home}/bin{os.pathsep}{env.get('PATH', '')}"}
 
 
-def _die_with_parent() -> None:
-    # Linux: the child gets SIGTERM if the supervisor dies, even by SIGKILL, so nothing is orphaned.
+def _prctl(option: int, value: int) -> bool:
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        return bool(libc.prctl(option, value) == 0)
     except OSError:
-        pass
+        return False
+
+
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGTERM if the supervisor dies, even by SIGKILL, so nothing is orphaned.
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def become_subreaper() -> bool:
+    """Linux: orphaned descendants (replicas whose registry died) become this process's children, not init's,
+    so they keep a supervisor that reaps them and stops them at the end (`Supervisor.stop_all`)."""
+    return sys.platform.startswith("linux") and _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+class ProcessHandle(Protocol):
+    """What a supervisor needs of a process: `subprocess.Popen`, or `AdoptedProcess` for one it did not start."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+class AdoptedProcess:
+    """A running process another supervisor started (e.g. a replica of a registry that died), watched by pid.
+
+    Its exit code is unknown (it is not our child): it reads as -1 once the process is gone. A zombie counts as
+    gone (its parent has not reaped it yet, but it serves nothing).
+    """
+
+    def __init__(self, process: psutil.Process) -> None:
+        self._process = process
+        self.returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return int(self._process.pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                gone = not self._process.is_running() or self._process.status() == psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                gone = True
+            if gone:
+                self.returncode = -1
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                self._process.send_signal(sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.05)
+        return self.returncode if self.returncode is not None else -1
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def reap_orphans(keep: set[int]) -> list[int]:
+    """Reap exited children this process did not start (adopted orphans); `keep` are the pids it waits on."""
+    reaped = []
+    for child in psutil.Process().children():
+        if child.pid in keep:
+            continue
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                continue
+            pid, _status = os.waitpid(child.pid, os.WNOHANG)
+        except (psutil.Error, ChildProcessError):
+            continue
+        if pid:
+            reaped.append(pid)
+    return reaped
+
+
+def stop_descendants(timeout: float = 10.0) -> list[int]:
+    """SIGTERM whatever still runs below this process (orphans it adopted), SIGKILL it after `timeout`."""
+    try:
+        left = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _gone, alive = psutil.wait_procs(left, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
+    reap_orphans(set())
+    return [p.pid for p in left]
 
 
 @dataclass
@@ -58,12 +168,14 @@ class ChildSpec:
     """Returns True once the child serves (polled after start)."""
     log_file: Path | None = None
     stop_timeout: float = 10.0
+    die_with_parent: bool = True
+    """Linux: SIGTERM the child when its parent dies. Off for replicas, which outlive a registry restart."""
 
 
 @dataclass
 class Child:
     spec: ChildSpec
-    process: subprocess.Popen[bytes] | None = None
+    process: ProcessHandle | None = None
     started_at: float = 0.0
     restarts: int = 0
     next_start: float = 0.0
@@ -89,7 +201,7 @@ class Child:
                 stdout=out or None,
                 stderr=subprocess.STDOUT if out else None,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=_die_with_parent if self.spec.die_with_parent and sys.platform.startswith("linux") else None,
             )
         finally:
             if out is not None:
@@ -151,9 +263,10 @@ class Supervisor:
             self._stop_children([child])
 
     def poll(self) -> None:
-        """Restart children that died unexpectedly; call this periodically."""
+        """Restart children that died unexpectedly, reap adopted orphans that exited; call this periodically."""
         if self.stopping:
             return
+        reap_orphans({child.pid for child in self.children.values() if child.pid is not None})
         now = time.monotonic()
         for child in list(self.children.values()):
             if child.alive() or child.process is None:
@@ -182,9 +295,13 @@ class Supervisor:
                     self.on_restart(child)
 
     def stop_all(self) -> None:
-        """SIGTERM children in reverse start order, SIGKILL what is left after their timeout."""
+        """SIGTERM children in reverse start order, SIGKILL what is left after their timeout, then stop the
+        orphans this process adopted (replicas a dead registry left running)."""
         self.stopping = True
         self._stop_children(list(reversed(self.children.values())))
+        stopped = stop_descendants()
+        if stopped:
+            log.warning("stopped %d orphaned processes: %s", len(stopped), stopped)
 
     @staticmethod
     def _stop_children(children: list[Child]) -> None:

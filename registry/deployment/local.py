@@ -4,12 +4,19 @@ TorchServe's per-model worker processes are the precedent. A reconcile loop rest
 (with backoff), polls each one's readiness and request count, and reports changes so the gateway's
 routing table follows. Version changes roll one replica at a time: a new replica must be ready before
 an old one leaves the routes, and an old one is drained before it is stopped.
+
+Serving does not depend on the registry staying up. Replicas are not tied to the registry's life (no parent
+death signal; under `modelserve up` an orphaned replica becomes `up`'s child, and `up` stops it at the end),
+and each one is recorded in `<data_dir>/run/replicas/<id>.json` (pid, start time, port, version, argv). A
+registry that starts again re-adopts the recorded replicas that still run, instead of starting new ones, so
+the gateway keeps routing to the same processes while the registry is away and after it is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -18,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import psutil
@@ -27,7 +35,7 @@ from registry.deployment.base import ReplicaState, ReplicaStatus, ServiceRuntime
 from shared.auth import INTERNAL_TOKEN_HEADER
 from shared.errors import NotFound
 from shared.settings import Settings
-from shared.supervisor import Child, ChildSpec, free_port, java_env
+from shared.supervisor import AdoptedProcess, Child, ChildSpec, free_port, java_env
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,9 @@ SERVICE_RESTARTS = Counter(
     "modelserve_service_restarts_total", "Replicas restarted after dying, by service.", ["service"]
 )
 _STATES: tuple[ReplicaState, ...] = ("starting", "ready", "failed", "stopping")
+ADOPT_GRACE_SECONDS = 30.0
+"""A re-adopted replica whose service the restarted registry has not re-applied by then is stopped."""
+_ENV_EXTRAS = ("MODELSERVE_CPU_AFFINITY", "MODELSERVE_ONNX_INTRA_OP_THREADS")
 
 
 @dataclass(eq=False)
@@ -78,6 +89,9 @@ class LocalBackend:
         self._snapshots: dict[str, tuple[object, ...]] = {}
         self._on_change: Callable[[str], None] = lambda _name: None
         self._loop_task: asyncio.Task[None] | None = None
+        self._records = settings.data_dir / "run" / "replicas"
+        self._unclaimed: set[str] = set()
+        self._adopted_at = 0.0
         headers = {INTERNAL_TOKEN_HEADER: settings.internal_token} if settings.internal_token else {}
         self._client = httpx.AsyncClient(headers=headers, timeout=2.0)
 
@@ -85,10 +99,17 @@ class LocalBackend:
 
     async def start(self, on_change: Callable[[str], None]) -> None:
         self._on_change = on_change
+        adopted = self._adopt()
+        if adopted:
+            # Know which adopted replicas serve before the first change event, so the routes never lose them.
+            await asyncio.gather(*(self._check(r) for r in adopted))
+            self._unclaimed = {r.service for r in adopted}
+            self._adopted_at = time.monotonic()
         self._loop_task = asyncio.create_task(self._reconcile_forever())
 
     async def apply(self, spec: ServiceSpec) -> None:
         self._specs[spec.name] = spec
+        self._unclaimed.discard(spec.name)
         self._kick(spec.name)
 
     async def remove(self, name: str) -> None:
@@ -139,6 +160,8 @@ class LocalBackend:
         for replica in everyone:
             replica.child.terminate()
         await asyncio.gather(*(asyncio.to_thread(self._reap, r) for r in everyone))
+        for replica in everyone:
+            self._forget(replica)
         self._replicas.clear()
         await self._client.aclose()
 
@@ -196,10 +219,12 @@ class LocalBackend:
         self._counters[spec.name] = index + 1
         port = free_port(self.settings.replica_host)
         replica_id = f"{spec.name}-{index}"
-        child = Child(ChildSpec(f"replica {replica_id}", self._argv(spec, port), self._env(spec, index)))
+        child = Child(ChildSpec(f"replica {replica_id}", self._argv(spec, port), self._env(spec, index),
+                                die_with_parent=False))  # fmt: skip
         replica = _Replica(replica_id, spec.name, spec.version, port, index, child)
         child.start()
         self._replicas.setdefault(spec.name, {})[replica_id] = replica
+        self._record(replica)
         log.info("started replica %s (pid %s) of %s v%d", replica_id, child.pid, spec.model, spec.version)
         return replica
 
@@ -212,6 +237,9 @@ class LocalBackend:
 
     def _env(self, spec: ServiceSpec, index: int) -> dict[str, str]:
         env = java_env(dict(os.environ))
+        # A replica stops itself when this process is gone (`shared.cli`): under `modelserve up` the variable
+        # names `up`, so replicas outlive a registry restart; a registry run on its own takes them along.
+        env.setdefault("MODELSERVE_SUPERVISOR_PID", str(os.getpid()))
         if spec.cpu_reserve:
             cores = (
                 sorted(os.sched_getaffinity(0))
@@ -247,6 +275,7 @@ class LocalBackend:
         replica.child.terminate()
         await asyncio.to_thread(self._reap, replica)
         self._replicas.get(replica.service, {}).pop(replica.id, None)
+        self._forget(replica)
         log.info("stopped replica %s", replica.id)
 
     @staticmethod
@@ -265,6 +294,11 @@ class LocalBackend:
             await asyncio.sleep(self.poll_interval)
 
     async def reconcile(self) -> None:
+        if self._unclaimed and time.monotonic() - self._adopted_at > ADOPT_GRACE_SECONDS:
+            for name in self._unclaimed - set(self._specs):
+                log.warning("stopping the re-adopted replicas of %s: the service is no longer deployed", name)
+                self._kick(name)
+            self._unclaimed = set()
         replicas = [r for reps in self._replicas.values() for r in reps.values() if not r.stopping]
         await asyncio.gather(*(self._check(r) for r in replicas))
         for name in list(self._replicas):
@@ -287,6 +321,7 @@ class LocalBackend:
                 replica.spawned = now
                 replica.started_at = datetime.now(UTC)
                 child.start()
+                self._record(replica)
                 SERVICE_RESTARTS.labels(replica.service).inc()
                 log.warning("restarted replica %s (pid %s, restart #%d)", replica.id, child.pid, replica.restarts)
             return
@@ -307,6 +342,71 @@ class LocalBackend:
         with contextlib.suppress(psutil.Error):
             if child.pid is not None:
                 replica.rss = psutil.Process(child.pid).memory_info().rss
+
+    # --- the replica records a restarted registry re-adopts ------------------------------------------------------
+
+    def _record(self, replica: _Replica) -> None:
+        pid = replica.child.pid
+        if pid is None:
+            return
+        try:
+            created = psutil.Process(pid).create_time()
+        except psutil.Error:
+            return
+        record = {
+            "id": replica.id, "service": replica.service, "version": replica.version, "port": replica.port,
+            "index": replica.index, "pid": pid, "create_time": created, "restarts": replica.restarts,
+            "started_at": replica.started_at.isoformat(), "argv": replica.child.spec.argv,
+            "env": {k: v for k, v in replica.child.spec.env.items() if k in _ENV_EXTRAS},
+        }  # fmt: skip
+        try:
+            self._records.mkdir(parents=True, exist_ok=True)
+            path = self._records / f"{replica.id}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record))
+            tmp.replace(path)
+        except OSError:
+            log.exception("could not record replica %s", replica.id)
+
+    def _forget(self, replica: _Replica) -> None:
+        with contextlib.suppress(OSError):
+            (self._records / f"{replica.id}.json").unlink(missing_ok=True)
+
+    def _adopt(self) -> list[_Replica]:
+        """Take over the recorded replicas that still run (the same process: pid and start time)."""
+        adopted: list[_Replica] = []
+        if not self._records.is_dir():
+            return adopted
+        for path in sorted(self._records.glob("*.json")):
+            try:
+                record: dict[str, Any] = json.loads(path.read_text())
+                process = psutil.Process(int(record["pid"]))
+                same = abs(process.create_time() - float(record["create_time"])) < 0.01
+                if not same or process.status() == psutil.STATUS_ZOMBIE:
+                    raise psutil.NoSuchProcess(int(record["pid"]))
+            except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+                path.unlink(missing_ok=True)  # gone (or not ours any more): nothing to adopt
+                continue
+            replica = self._adopt_one(record, process)
+            adopted.append(replica)
+            log.warning("re-adopted replica %s (pid %s) of %s v%d", replica.id, replica.child.pid,
+                        replica.service, replica.version)  # fmt: skip
+        return adopted
+
+    def _adopt_one(self, record: dict[str, Any], process: psutil.Process) -> _Replica:
+        service, index = str(record["service"]), int(record["index"])
+        env = java_env(dict(os.environ))
+        env.update({k: str(v) for k, v in (record.get("env") or {}).items() if k in _ENV_EXTRAS})
+        spec = ChildSpec(f"replica {record['id']}", [str(a) for a in record["argv"]], env, die_with_parent=False)
+        child = Child(spec, process=AdoptedProcess(process))
+        child.started_at = time.monotonic()
+        replica = _Replica(str(record["id"]), service, int(record["version"]), int(record["port"]), index, child)
+        replica.restarts = int(record.get("restarts") or 0)
+        with contextlib.suppress(ValueError, TypeError):
+            replica.started_at = datetime.fromisoformat(str(record["started_at"]))
+        self._replicas.setdefault(service, {})[replica.id] = replica
+        self._counters[service] = max(self._counters.get(service, 0), index + 1)
+        return replica
 
     def _replica_status(self, r: _Replica) -> ReplicaStatus:
         spec = self._specs.get(r.service)

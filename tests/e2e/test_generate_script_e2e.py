@@ -48,12 +48,12 @@ def test_generated_script_scores_a_dataset(
             "input_dataset": "flowers",
             "output_dataset": "flowers-scored",
             "service": "iris",
-            "base_url": platform.url,
             "batch_size": 20,
-        },
+        },  # no base_url: the script points at the platform's public URL
     )
     assert resp.status_code == 200, resp.text
     code = resp.json()["code"]
+    assert f"BASE_URL = {platform.url!r}" in code
     assert key not in code and platform.admin_key not in code
     missing = admin.post(
         "/api/v1/batch-jobs/generate-script",

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
+from registry import script_template
 from registry.app import create_app
-from registry.script_gen import auto_mapping
+from registry.script_gen import ScriptRequest, auto_mapping, public_url, render
 from registry.tables import ModelVersion, RegisteredModel, Service
 from shared.auth import INTERNAL_TOKEN_HEADER
 from shared.settings import Settings
@@ -86,6 +87,89 @@ async def test_user_strings_are_literals(client: httpx.AsyncClient) -> None:
     namespace: dict[str, Any] = {"__name__": "generated"}
     exec(compile(resp.json()["code"], "score.py", "exec"), namespace)
     assert namespace["BASE_URL"] == url
+
+
+async def test_a_value_holding_a_later_marker_stays_data(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    """The issue's exploit: successive replacements turned `y__BASE_URL__` plus a crafted URL into code."""
+    marker = tmp_path / "pwned"
+    url = f"http://h/'+str(__import__('pathlib').Path('{marker}').touch())+'"
+    resp = await client.post(
+        "/api/v1/batch-jobs/generate-script", json=body(output_dataset="y__BASE_URL__", base_url=url)
+    )
+    assert resp.status_code == 200, resp.text
+    namespace: dict[str, Any] = {"__name__": "generated"}
+    exec(compile(resp.json()["code"], "score.py", "exec"), namespace)
+    assert not marker.exists()
+    assert namespace["OUTPUT_DATASET"] == "y__BASE_URL__" and namespace["BASE_URL"] == url
+
+
+HOSTILE = [
+    "__BASE_URL__", "__SERVICE__", "__MAPPING__", "__DOC_INPUT__", '"""', "'''", "\\", "\\'", "x'\nimport os\n'",
+    "a\nb", "a\rb", "a\x0cb", "a\u2028b", "a\u2029b", "\u202eevil", "ünïcødé ☃", "#", "\x00", "{}", "%s",
+    '"""; import os; """', "')\n__import__('os').system('id')\n('",
+]  # fmt: skip
+
+
+def _template_statements() -> tuple[list[str], set[str]]:
+    tree = ast.parse(Path(script_template.__file__).read_text())
+    names = {"BASE_URL", "INPUT_DATASET", "OUTPUT_DATASET", "SERVICE", "BATCH_SIZE", "API_KEY_ENV", "MAPPING"}
+    return [ast.dump(node) for node in tree.body[1:] if _target(node) not in names], names
+
+
+def _target(node: ast.stmt) -> str | None:
+    if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+        return node.targets[0].id
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return node.target.id
+    return None
+
+
+def _only_literals(node: ast.AST) -> bool:
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.Dict):
+        return all(k is not None and _only_literals(k) for k in node.keys) and all(map(_only_literals, node.values))
+    if isinstance(node, ast.List):
+        return all(map(_only_literals, node.elts))
+    return False
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_hostile_values_are_only_literals_in_the_script(hostile: str) -> None:
+    request = ScriptRequest(input_dataset=hostile, output_dataset=hostile + "2", service=hostile + "3",
+                            base_url=f"http://h/{hostile}", batch_size=7)  # fmt: skip
+    mapping = {hostile: [hostile, "b"], "plain": hostile}
+    inputs = [
+        {"name": hostile, "data_type": hostile, "shape": [None, 2]},
+        {"name": "plain", "data_type": hostile},
+        {"name": hostile + "-unmapped", "data_type": hostile},
+    ]
+    code = render(request, mapping, inputs, hostile, 3)
+    tree = ast.parse(code)
+    rest, names = _template_statements()
+    values: dict[str, Any] = {}
+    for node in tree.body[1:]:
+        name = _target(node)
+        if name in names:
+            assert isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None
+            assert _only_literals(node.value), ast.dump(node)
+            assert name not in values
+            values[name] = ast.literal_eval(node.value)
+    assert values == {
+        "BASE_URL": f"http://h/{hostile}", "INPUT_DATASET": hostile, "OUTPUT_DATASET": hostile + "2",
+        "SERVICE": hostile + "3", "BATCH_SIZE": 7, "API_KEY_ENV": "MODELSERVE_API_KEY", "MAPPING": mapping,
+    }  # fmt: skip
+    # Everything else is the template's code, statement for statement: nothing was added or changed.
+    assert [ast.dump(n) for n in tree.body[1:] if _target(n) not in names] == rest
+    docstring = ast.get_docstring(tree, clean=False) or ""
+    assert isinstance(tree.body[0], ast.Expr) and repr(hostile) in docstring
+
+
+def test_the_default_base_url_is_the_platforms_public_url(sqlite_settings: Settings) -> None:
+    assert public_url(sqlite_settings.model_copy(update={"host": "127.0.0.1", "port": 9123})) == "http://127.0.0.1:9123"
+    assert public_url(sqlite_settings.model_copy(update={"host": "0.0.0.0", "port": 80})) == "http://127.0.0.1:80"
+    proxied = sqlite_settings.model_copy(update={"public_url": "https://models.example.com/"})
+    assert public_url(proxied) == "https://models.example.com"
 
 
 async def test_generated_mapping_is_checked_at_run_time(client: httpx.AsyncClient) -> None:
