@@ -148,6 +148,14 @@ class Settings(BaseSettings):
     log_json: bool | None = None
     """JSON logs; by default JSON when stderr is not a TTY."""
 
+    # --- console ---
+
+    console_session_seconds: int = 8 * 3600
+    """How long a console sign-in lasts without being used (the session is renewed on every page)."""
+
+    console_cookie_secure: bool = False
+    """Send the console's session cookie only over HTTPS: turn on behind a TLS terminator."""
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:

@@ -1,0 +1,69 @@
+"""Console tests: one `modelserve up` per module (a real platform), iris models, a loopback file server."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Platform, start_platform
+from tests.fixtures.batch import iris_csv
+
+ALLOW_LOOPBACK = {"MODELSERVE_DATASET_FETCH_ALLOWLIST": '["127.0.0.1"]'}
+
+
+@pytest.fixture(scope="module")
+def console_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """The platform as `modelserve up` starts it, allowed to fetch datasets from this test's loopback server."""
+    base = tmp_path_factory.mktemp("platform")
+    running = start_platform(base / "data", base / "up.log", env=ALLOW_LOOPBACK)
+    yield running
+    if running.process.poll() is None:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(console_platform: Platform) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {console_platform.admin_key}"}
+    with httpx.Client(base_url=console_platform.url, headers=headers, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def predict_key(admin: httpx.Client) -> str:
+    resp = admin.post("/api/v1/keys", json={"name": "predict-only", "scopes": ["predict"]})
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["key"])
+
+
+@pytest.fixture(scope="session")
+def iris_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.fixtures import models
+
+    return models.make_onnx_logistic_regression(tmp_path_factory.mktemp("onnx"))
+
+
+@pytest.fixture(scope="session")
+def iris_pmml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.fixtures import models
+
+    return models.make_pmml_logistic_regression(tmp_path_factory.mktemp("pmml"))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A directory served over HTTP on loopback (the 'remote' datasets), with `iris.csv` in it."""
+    root = tmp_path_factory.mktemp("served")
+    iris_csv(root / "iris.csv", 300)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
