@@ -14,8 +14,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.core import Metric
 
-from gateway import async_jobs, services, v2
+from gateway import async_jobs, daas, services, v2
 from gateway.auth import AuthMiddleware, KeyCache
+from gateway.console import install_console, swagger_page
 from gateway.fastlane import FastLane
 from gateway.openapi import OpenApiMerger
 from gateway.routing import RoutingTable
@@ -123,13 +124,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/docs", include_in_schema=False)
     async def swagger() -> Response:
-        from fastapi.openapi.docs import get_swagger_ui_html
-
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="modelserve API")
+        return swagger_page("/openapi.json", "modelserve API")
 
     app.include_router(services.router)
     app.include_router(v2.router)
     app.include_router(async_jobs.router)
+    app.include_router(daas.router)
+    install_console(app)
 
     @app.api_route("/api/v1/models/{name}/versions/{version}/test", methods=["POST"], include_in_schema=False)
     async def model_test(request: Request, name: str, version: str) -> Response:

@@ -7,21 +7,26 @@ import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from tests.conftest import IN_CI
 from tests.e2e.conftest import Platform, start_platform
 from tests.fixtures.batch import iris_csv
 
-ALLOW_LOOPBACK = {"MODELSERVE_DATASET_FETCH_ALLOWLIST": '["127.0.0.1"]'}
+PLATFORM_ENV = {
+    "MODELSERVE_DATASET_FETCH_ALLOWLIST": '["127.0.0.1"]',  # the test's own loopback file server
+    "MODELSERVE_BATCH_PROGRESS_INTERVAL_SECONDS": "0",  # every chunk reports: a run's progress is seen moving
+}
 
 
 @pytest.fixture(scope="module")
 def console_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """The platform as `modelserve up` starts it, allowed to fetch datasets from this test's loopback server."""
     base = tmp_path_factory.mktemp("platform")
-    running = start_platform(base / "data", base / "up.log", env=ALLOW_LOOPBACK)
+    running = start_platform(base / "data", base / "up.log", env=PLATFORM_ENV)
     yield running
     if running.process.poll() is None:
         running.stop()
@@ -67,3 +72,26 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
     yield f"http://127.0.0.1:{server.server_address[1]}", root
     server.shutdown()
     server.server_close()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright; outside CI a machine without it skips, in CI it fails."""
+    missing = None if CHROMIUM.exists() else f"{CHROMIUM} is missing (apt-get install -y chromium)"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing = "the playwright package is missing (pip install playwright)"
+    if missing:
+        if IN_CI:
+            pytest.fail(missing)
+        pytest.skip(missing)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
