@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -344,9 +345,13 @@ async def deploy(request: Request) -> Response:
 async def service_page(request: Request, name: str) -> Response:
     async with session_api(request) as api:
         service = await api.json("GET", f"/api/v1/services/{_seg(name)}")
+        example: Any = {"inputs": {}}
+        with contextlib.suppress(ApiError):  # a predict-only key may read the service but not the model
+            version = service["version"] or "latest"
+            example = await api.json("GET", f"/api/v1/models/{_seg(service['model'])}/versions/{version}/example")
     base = str(request.base_url).rstrip("/")
     return render(request, "services_detail.html", service=service, rest_url=base + service["rest_url"],
-                  v2_url=base + service["v2_url"])  # fmt: skip
+                  v2_url=base + service["v2_url"], example=orjson.dumps(example).decode())  # fmt: skip
 
 
 @router.post("/services/{name}/{action}")

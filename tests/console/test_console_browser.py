@@ -37,6 +37,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 90, what: str = "conditi
 def page(browser: Any, console_platform: Platform) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=console_platform.url,
                                   accept_downloads=True)  # fmt: skip
+    context.set_default_timeout(90_000)  # a loaded CI machine: the first PMML load starts a JVM
     opened = context.new_page()
     dialogs: list[str] = []
 
@@ -74,7 +75,10 @@ def upload_model(page: Any, path: Path, name: str, description: str = "") -> Non
     page.fill("#model-name", name)
     page.fill("#model-description", description)
     page.click("#upload-model button[type=submit]")
-    page.wait_for_url(f"**/console/models/{name}")
+    error = page.locator("#upload-model .upload-error")
+    wait_for(lambda: page.url.endswith(f"/console/models/{name}") or error.is_visible(), what=f"upload of {name}")
+    assert not error.is_visible(), error.inner_text()
+    page.wait_for_load_state()
 
 
 def slow_uploads(page: Any, bytes_per_second: int | None) -> None:
@@ -180,6 +184,7 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     try:
         wait_for(lambda: float(page.inner_text("#rate-now")) > 0, what="the request-rate chart to move")
         wait_for(lambda: "/" in page.inner_text("#latency-now"), what="latency quantiles")
+        wait_for(lambda: int(page.get_attribute("#charts", "data-samples") or 0) >= 4, what="a few chart points")
     finally:
         stop.set()
         sender.join(30)
@@ -199,7 +204,7 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     slow_uploads(page, None)
     page.wait_for_url("**/console/datasets/iris-in")
     assert any(0 < v < 100 for v in seen), seen
-    assert page.locator("#preview tbody tr").count() > 0 and "double" in page.inner_text("#preview thead")
+    assert page.locator("#preview tbody tr").count() > 0 and "double" in page.inner_text("#preview thead").lower()
     with page.expect_download() as download:
         page.click("#download")
     assert Path(download.value.path()).read_bytes() == big.read_bytes()

@@ -133,6 +133,8 @@ function drawChart(canvas, lines, colours) {
       const x = pad + ((w - 2 * pad) * i) / Math.max(1, CHART_POINTS - 1);
       const y = h - pad - ((h - 2 * pad) * v) / max;
       if (!started) { ctx.moveTo(x, y); started = true; } else { ctx.lineTo(x, y); }
+      ctx.fillStyle = colours[li];
+      ctx.fillRect(x - 1.5, y - 1.5, 3, 3);
     });
     ctx.stroke();
   });
