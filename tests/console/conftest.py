@@ -5,14 +5,17 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import IN_CI
+from gateway.app import create_app as create_gateway
+from registry.app import create_app as create_registry
+from shared.settings import Settings
+from tests.conftest import IN_CI, LiveServer, asgi_client
 from tests.e2e.conftest import Platform, start_platform
 from tests.fixtures.batch import iris_csv
 
@@ -95,3 +98,17 @@ def browser() -> Iterator[Any]:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+@pytest.fixture
+def registry_server(settings: Settings) -> Iterator[LiveServer]:
+    with LiveServer(create_registry(settings)) as server:
+        yield server
+
+
+@pytest.fixture
+async def gateway(settings: Settings, registry_server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway app in-process (its console included), the registry it calls served for real on loopback."""
+    gateway_settings = settings.model_copy(update={"registry_url": registry_server.url})
+    async with asgi_client(create_gateway(gateway_settings)) as client:
+        yield client

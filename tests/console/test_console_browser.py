@@ -99,6 +99,12 @@ def progress_values(page: Any, selector: str, until: Callable[[], bool], timeout
     return seen
 
 
+def submit_test(page: Any) -> None:
+    page.click("#test-form button[type=submit]")
+    page.wait_for_selector("#predictions, #answer .alert")
+    assert page.locator("#answer .alert").count() == 0, page.inner_text("#answer")
+
+
 def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     page: Any, console_platform: Platform, admin: httpx.Client, iris_onnx: Path, iris_pmml: Path,
     files: tuple[str, Path], tmp_path: Path,
@@ -120,26 +126,27 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     assert page.locator("#models tbody tr").count() == 2
     shot(page, "models")
 
-    # Test: form, JSON (pre-filled with the example), a CSV file.
+    # Test: form, JSON (pre-filled with the example), a CSV file. The pool's first PMML load starts its JVM,
+    # which on a loaded machine can outlast the gateway's upstream timeout: warm it first.
+    warm = {"inputs": {k: float(v) for k, v in FEATURES.items()}}
+    wait_for(lambda: admin.post("/api/v1/models/iris/versions/1/test", json=warm).status_code == 200, timeout=240,
+             what="the inference pool to load the PMML model")  # fmt: skip
     page.goto("/console/models/iris/test?mode=form")
     for name, value in FEATURES.items():
         page.get_by_label(name).fill(value)
-    page.click("#test-form button[type=submit]")
-    page.wait_for_selector("#predictions")
+    submit_test(page)
     assert page.locator("#predictions tbody tr").count() == 1
     assert page.locator("svg.bars rect").count() == 3  # three classes
     shot(page, "test-form")
     page.goto("/console/models/iris/test?mode=json")
     assert '"inputs"' in page.input_value("#body")
-    page.click("#test-form button[type=submit]")
-    page.wait_for_selector("#predictions")
+    submit_test(page)
     assert page.locator("#predictions tbody tr").count() == 1
     csv = tmp_path / "five.csv"
     csv.write_text("sepal_length,sepal_width,petal_length,petal_width\n" + "5.1,3.5,1.4,0.2\n" * 5)
     page.goto("/console/models/iris/test?mode=file")
     page.set_input_files("#test-file", str(csv))
-    page.click("#test-form button[type=submit]")
-    page.wait_for_selector("#predictions")
+    submit_test(page)
     assert page.locator("#predictions tbody tr").count() == 5
     shot(page, "test-file")
 
