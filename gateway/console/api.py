@@ -71,8 +71,10 @@ class Api:
 
 
 @asynccontextmanager
-async def api_for(app: FastAPI | ASGIApp, key: str | None, timeout: float = 120.0) -> AsyncIterator[Api]:
+async def api_for(app: FastAPI | ASGIApp, key: str | None) -> AsyncIterator[Api]:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    # No timeout of its own: the call runs inside this process, bounded by the gateway's upstream timeouts.
+    timeout = httpx.Timeout(None)
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url=API_BASE, headers=headers, timeout=timeout) as client:
         yield Api(client)

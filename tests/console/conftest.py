@@ -22,6 +22,8 @@ from tests.fixtures.batch import iris_csv
 PLATFORM_ENV = {
     "MODELSERVE_DATASET_FETCH_ALLOWLIST": '["127.0.0.1"]',  # the test's own loopback file server
     "MODELSERVE_BATCH_PROGRESS_INTERVAL_SECONDS": "0",  # every chunk reports: a run's progress is seen moving
+    # A PMML upload or first test starts a JVM, which on a loaded CI machine can outlast the default 30 s.
+    "MODELSERVE_REQUEST_TIMEOUT_SECONDS": "180",
 }
 
 

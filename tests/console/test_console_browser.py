@@ -105,6 +105,7 @@ def submit_test(page: Any) -> None:
     assert page.locator("#answer .alert").count() == 0, page.inner_text("#answer")
 
 
+@pytest.mark.timeout(900)  # the whole journey, one step after another, on a real platform
 def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     page: Any, console_platform: Platform, admin: httpx.Client, iris_onnx: Path, iris_pmml: Path,
     files: tuple[str, Path], tmp_path: Path,
@@ -129,8 +130,14 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     # Test: form, JSON (pre-filled with the example), a CSV file. The pool's first PMML load starts its JVM,
     # which on a loaded machine can outlast the gateway's upstream timeout: warm it first.
     warm = {"inputs": {k: float(v) for k, v in FEATURES.items()}}
-    wait_for(lambda: admin.post("/api/v1/models/iris/versions/1/test", json=warm).status_code == 200, timeout=240,
-             what="the inference pool to load the PMML model")  # fmt: skip
+
+    def warmed() -> bool:
+        try:
+            return admin.post("/api/v1/models/iris/versions/1/test", json=warm, timeout=200).status_code == 200
+        except httpx.TimeoutException:
+            return False
+
+    wait_for(warmed, timeout=400, what="the inference pool to load the PMML model")
     page.goto("/console/models/iris/test?mode=form")
     for name, value in FEATURES.items():
         page.get_by_label(name).fill(value)

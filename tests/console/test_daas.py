@@ -33,6 +33,7 @@ def data(resp: httpx.Response) -> dict[str, Any]:
     return dict(body["data"])
 
 
+@pytest.mark.timeout(600)
 def test_every_seed_path_as_the_front_end_calls_it(
     console_platform: Platform, admin: httpx.Client, iris_pmml: Path, iris_onnx: Path, files: tuple[str, Path]
 ) -> None:
