@@ -89,7 +89,7 @@ def slow_uploads(page: Any, bytes_per_second: int | None) -> None:
                                                   "uploadThroughput": bytes_per_second or -1})  # fmt: skip
 
 
-def progress_values(page: Any, selector: str, until: Callable[[], bool], timeout: float = 120) -> list[float]:
+def progress_values(page: Any, selector: str, until: Callable[[], bool], timeout: float = 300) -> list[float]:
     seen: list[float] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not until():
@@ -97,6 +97,11 @@ def progress_values(page: Any, selector: str, until: Callable[[], bool], timeout
             seen.append(float(page.eval_on_selector(selector, "el => el.value")))
         time.sleep(0.05)
     return seen
+
+
+def reloaded_text(page: Any, selector: str) -> str:
+    page.reload()
+    return str(page.inner_text(selector))
 
 
 def submit_test(page: Any) -> None:
@@ -229,7 +234,7 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     page.fill("#ds-url-name", "iris-remote")
     page.click("#fetch-dataset button[type=submit]")
     page.wait_for_url("**/console/datasets/iris-remote")
-    wait_for(lambda: page.reload() or page.inner_text("#ds-status") == "ready", what="the remote dataset")
+    wait_for(lambda: reloaded_text(page, "#ds-status") == "ready", what="the remote dataset")
     assert page.locator("#preview tbody tr").count() > 0
     page.goto("/console/datasets")
     assert page.locator("#datasets tbody tr").count() == 2
@@ -242,7 +247,7 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     page.fill("#job-scorer", "service:iris-svc")
     page.select_option("#job-input", "iris-in")
     page.fill("#job-output", "iris-scored")
-    page.fill("#job-chunk", "5")
+    page.fill("#job-chunk", "50")
     page.click("#create-job button[type=submit]")
     page.wait_for_url("**/console/jobs/score")
     page.get_by_role("button", name="Run now").click()
@@ -304,7 +309,7 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     # Pause and start the service, then delete everything from the pages.
     page.goto("/console/services/iris-svc")
     page.get_by_role("button", name="Pause").click()
-    wait_for(lambda: page.reload() or page.inner_text("#svc-status") == "paused", what="the service paused")
+    wait_for(lambda: reloaded_text(page, "#svc-status") == "paused", what="the service paused")
     page.get_by_role("button", name="Start").click()
     page.wait_for_url("**/console/services/iris-svc")
     for path in ["/console/jobs/nightly", "/console/jobs/score"]:
@@ -315,8 +320,9 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     page.goto("/console/services/iris-svc")
     page.get_by_role("button", name="Delete").click()
     page.wait_for_url("**/console/services")
-    for name in ["iris-in", "iris-remote", "iris-scored"]:
-        page.goto(f"/console/datasets/{name}")
+    page.goto("/console/datasets")
+    while page.locator("#datasets tbody a").count():  # inputs, the remote one and the runs' results
+        page.locator("#datasets tbody a").first.click()
         page.get_by_role("button", name="Delete").click()
         page.wait_for_url("**/console/datasets")
     assert page.locator("#datasets tbody tr").inner_text().startswith("No dataset")

@@ -116,7 +116,7 @@ function drawChart(canvas, lines, colours) {
   const w = canvas.width, h = canvas.height, pad = 6;
   ctx.clearRect(0, 0, w, h);
   const all = lines.flat().filter((v) => v !== null);
-  const max = Math.max(1e-9, ...all) * 1.15;
+  const max = (Math.max(0, ...all) || 1) * 1.15; // an idle series still gets a readable scale
   ctx.strokeStyle = "#dde1e8";
   ctx.lineWidth = 1;
   for (let i = 1; i < 4; i++) { ctx.beginPath(); ctx.moveTo(0, (h * i) / 4); ctx.lineTo(w, (h * i) / 4); ctx.stroke(); }
