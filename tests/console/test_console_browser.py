@@ -76,7 +76,7 @@ def upload_model(page: Any, path: Path, name: str, description: str = "") -> Non
     page.fill("#model-description", description)
     page.click("#upload-model button[type=submit]")
     error = page.locator("#upload-model .upload-error")
-    wait_for(lambda: page.url.endswith(f"/console/models/{name}") or error.is_visible(), what=f"upload of {name}")
+    wait_for(lambda: page.url.endswith(f"/console/models/{name}") or error.is_visible(), 300, f"upload of {name}")
     assert not error.is_visible(), error.inner_text()
     page.wait_for_load_state()
 
