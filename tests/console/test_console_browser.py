@@ -174,7 +174,7 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
         return int(page.locator("#replicas .status-ready").count() == 2 and page.locator("#svc-status").inner_text()
                    == "running")  # fmt: skip
 
-    wait_for(ready_rows, what="two ready replicas")
+    wait_for(ready_rows, timeout=300, what="two ready replicas")
     rest_url = page.inner_text("#rest-url")
     assert rest_url == f"{console_platform.url}/api/v1/services/iris-svc/predict"
     assert page.inner_text("#v2-url").endswith("/v2/models/iris-svc/infer") and rest_url in page.inner_text("#curl")
