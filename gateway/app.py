@@ -12,8 +12,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.core import Metric
 
-from gateway import api_v1, forwarding, v2, v2_grpc
+from gateway import api_v1, daas, forwarding, v2, v2_grpc
 from gateway.auth import AuthMiddleware
+from gateway.console import install_console, swagger_page
 from gateway.dataplane import GatewayDataPlane
 from gateway.fastroute import HotRoutes
 from gateway.guards import BodyLimit, PathGuard
@@ -112,12 +113,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/docs", include_in_schema=False)
     async def swagger() -> Response:
-        from fastapi.openapi.docs import get_swagger_ui_html
-
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="modelserve API")
+        return swagger_page("/openapi.json", "modelserve API")
 
     app.include_router(api_v1.extra_router)
     app.include_router(v2.router)
+    app.include_router(daas.router)
+    install_console(app)
     app.include_router(forwarding.router)  # last: its catch-all takes what no route above matched
 
     return app

@@ -36,6 +36,10 @@ RULES: tuple[Rule, ...] = (
     _rule(r"^/v2(/health/(live|ready))?/?$", None),
     _rule(r"^/v2/(models/stats|repository/index)$", "predict"),  # answers only the services the key may use
     _rule(r"^/v2/models/(?P<service>[^/]+)(/versions/[^/]+)?(/ready|/infer|/config|/stats)?$", "predict"),
+    # The seed's console API (gateway/daas.py) needs the scope of the /api/v1 call it makes; service-info reads
+    # one service (its name is in the body: the /api/v1 call checks a service-limited key).
+    _rule(r"^/daas/service-info$", "predict"),
+    _rule(r"^/daas/", "admin"),
     _rule(r"^/(api|v2)/", "admin"),
 )
 

@@ -296,6 +296,14 @@ class Settings(BaseSettings):
     """fsync policy of the embedded Redis' append-only file: `always` makes an accepted (202) async job
     survive a crash of Redis or of the machine; `everysec` may lose the last second of writes."""
 
+    # --- console ---
+
+    console_session_seconds: int = 8 * 3600
+    """How long a console sign-in lasts without being used (the session is renewed on every page)."""
+
+    console_cookie_secure: bool = False
+    """Send the console's session cookie only over HTTPS: turn on behind a TLS terminator."""
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
