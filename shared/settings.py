@@ -148,6 +148,10 @@ class Settings(BaseSettings):
     log_json: bool | None = None
     """JSON logs; by default JSON when stderr is not a TTY."""
 
+    # --- cli ---
+    service_wait_max_seconds: float = Field(default=120.0, ge=0, le=3600)
+    """Longest `?wait=` a service creation may ask for (the request holds a connection that long)."""
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
