@@ -17,6 +17,10 @@ from modelserve.convert import Conversion, ConversionError, convert_model
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_.-]+))$")
 
 
+class NotInMlflow(ConversionError):
+    """The registry has no such model, version or alias."""
+
+
 @dataclass
 class Imported:
     name: str
@@ -57,7 +61,7 @@ def fetch_mlflow_model(uri: str, sample: Path | None, tolerance: float) -> Impor
             client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
         )
     except mlflow.exceptions.MlflowException as exc:
-        raise ConversionError(f"MLflow has no {uri}: {exc.message}") from exc
+        raise NotInMlflow(f"MLflow has no {uri}: {exc.message}") from exc
     run_id = found.run_id
     metrics: dict[str, float] = {}
     if run_id:

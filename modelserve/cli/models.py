@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from modelserve.cli.context import client
-from modelserve.cli.output import EXIT_FAILED, JsonOpt, State, emit_json, err, fail, fields, out, table
+from modelserve.cli.output import EXIT_CLIENT, EXIT_FAILED, JsonOpt, State, emit_json, err, fail, fields, out, table
 from modelserve.cli.progress import transfer
 from modelserve.cli.records import records_argument, write_predictions
 from modelserve.types import ModelVersion, Predictions
@@ -104,10 +104,16 @@ def import_mlflow(
 ) -> None:
     """Import a model version from an MLflow registry (MLFLOW_TRACKING_URI), converted to ONNX here."""
     from modelserve.convert import ConversionError
-    from modelserve.mlflow_import import fetch_mlflow_model
+    from modelserve.mlflow_import import NotInMlflow, fetch_mlflow_model, parse_uri
 
     try:
+        parse_uri(uri)
+    except ConversionError as exc:
+        fail(str(exc))
+    try:
         imported = fetch_mlflow_model(uri, sample, tolerance)
+    except NotInMlflow as exc:
+        fail(str(exc), EXIT_CLIENT)
     except ConversionError as exc:
         fail(str(exc), EXIT_FAILED)
     err.print(imported.conversion.summary(), highlight=False)

@@ -146,3 +146,36 @@ def test_internal_polling_is_not_logged_at_info(cli: Cli, shared_platform: Platf
     access = [entry["msg"] for entry in lines if entry.get("logger") == "modelserve.access"]
     assert any("/api/v1/models" in msg for msg in access)  # user traffic is logged
     assert not [msg for msg in access if "/internal/" in msg or "/health/" in msg]
+
+
+def test_import_from_an_mlflow_registry(cli: Cli, tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    import mlflow
+    import mlflow.sklearn
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    store = f"file://{tmp_path / 'mlruns'}"
+    env = {"MLFLOW_TRACKING_URI": store, "MLFLOW_ALLOW_FILE_STORE": "true"}
+    os.environ.update(env)  # this process logs the model; the command reads it
+    try:
+        mlflow.set_tracking_uri(store)
+        frame = pd.read_csv(IRIS_CSV)
+        labels = ["setosa"] * 3 + ["versicolor"] * 3 + ["virginica"] * 3 + ["setosa", "versicolor", "virginica"]
+        with mlflow.start_run() as run:
+            model = LogisticRegression(max_iter=500).fit(frame, labels)
+            mlflow.log_metric("accuracy", 0.96)
+            mlflow.sklearn.log_model(model, name="model", registered_model_name="flowers", input_example=frame.head(3))
+        mlflow.tracking.MlflowClient().set_registered_model_alias("flowers", "champion", "1")
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+    imported = cli.ok("models", "import", "models:/flowers@champion", "--json", env=env)
+    version = imported.json()
+    assert version["model"] == "flowers" and version["format"] == "onnx"
+    assert run.info.run_id in version["description"] and "accuracy=0.96" in version["description"]
+    assert "max |difference|" in imported.stderr
+    answer = cli.ok("models", "test", "flowers", "--file", str(IRIS_CSV), "--json").json()
+    assert [p["label"] for p in answer["predictions"]] == list(model.predict(frame))
+    missing = cli("models", "import", "models:/flowers/7", env=env)
+    assert missing.code == 4 and "flowers" in missing.stderr
