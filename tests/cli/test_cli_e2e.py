@@ -148,6 +148,7 @@ def test_internal_polling_is_not_logged_at_info(cli: Cli, shared_platform: Platf
     assert not [msg for msg in access if "/internal/" in msg or "/health/" in msg]
 
 
+@pytest.mark.timeout(1200)  # importing MLflow alone takes tens of seconds of CPU
 def test_import_from_an_mlflow_registry(cli: Cli, tmp_path: Path) -> None:
     pytest.importorskip("mlflow")
     import mlflow
