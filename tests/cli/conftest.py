@@ -36,7 +36,7 @@ class Cli:
     def __call__(self, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
         done = subprocess.run(
             [MODELSERVE, *args], capture_output=True, text=True, input=input, env={**self.env, **(env or {})},
-            cwd=self.cwd, timeout=300,
+            cwd=self.cwd, timeout=900,
         )  # fmt: skip
         return Result(done.returncode, done.stdout, done.stderr)
 
