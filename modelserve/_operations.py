@@ -2,6 +2,9 @@
 
 An operation yields a `Call` (and receives the response) or a `Sleep` (and receives None), and returns its
 result. Waiting loops, paging and error mapping are written once here for both the sync and async clients.
+
+Long module: one small generator per API operation (about fifty), grouped by resource; splitting them would
+only scatter the one list a reader checks for completeness.
 """
 
 from __future__ import annotations

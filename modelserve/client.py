@@ -7,6 +7,9 @@
         print(ms.predict("iris", [{"sepal_length": 5.1, ...}]).predictions)
 
 The operations themselves live in `modelserve._operations` (written once for both clients).
+
+Long module: one short method per API operation, twice (sync and async) so that each client's methods are
+typed and documented where users look; each method is a one-line call of the shared operation.
 """
 
 from __future__ import annotations
