@@ -29,6 +29,7 @@ def quickstart_commands(readme: str) -> list[str]:
     return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
+@pytest.mark.timeout(1200)  # about twenty commands, each a fresh Python process, on a possibly loaded machine
 def test_the_quickstart_commands_succeed_as_written(platform: Platform, tmp_path: Path) -> None:
     commands = quickstart_commands((ROOT / "README.md").read_text())
     assert any(c.startswith("modelserve predict") for c in commands)
