@@ -296,7 +296,7 @@ async def operate_pod(request: Request) -> dict[str, Any]:
     (pod,) = _required(params, "podName")
     _one_of(params, "operationType", ["restart"])
     async with _api(request) as api:
-        services = await api.json("GET", "/api/v1/services")
+        services = await api.all_pages("/api/v1/services")
         owner = next((s["name"] for s in services for r in s["replica_list"] if r["id"] == pod), None)
         if owner is None:
             raise NotFound(f"No pod '{pod}'")

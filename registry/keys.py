@@ -6,13 +6,15 @@ import logging
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from registry.database import SessionDep
 from registry.events import publish_event
+from registry.schemas import Page
 from registry.tables import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, utcnow
 from shared.auth import Principal, generate_key, hash_key
 from shared.errors import Conflict, NotFound, Unauthorized
+from shared.paging import Limit, Offset
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,12 +80,17 @@ def create_key(body: ApiKeyCreate, session: SessionDep, response: Response) -> A
     return ApiKeyCreated(**ApiKeyPublic.model_validate(row, from_attributes=True).model_dump(), key=key)
 
 
-@router.get("", response_model=list[ApiKeyPublic], summary="List API keys (never their secrets)")
-def list_keys(session: SessionDep, include_revoked: bool = False) -> list[ApiKey]:
-    query = select(ApiKey).order_by(col(ApiKey.created_at))
+@router.get("", response_model=Page[ApiKeyPublic], summary="List API keys (never their secrets)")
+def list_keys(
+    session: SessionDep, include_revoked: bool = False, limit: Limit = 50, offset: Offset = 0
+) -> Page[ApiKeyPublic]:
+    query = select(ApiKey)
     if not include_revoked:
         query = query.where(col(ApiKey.revoked_at).is_(None))
-    return list(session.exec(query).all())
+    total = session.exec(select(func.count()).select_from(query.subquery())).one()
+    rows = session.exec(query.order_by(col(ApiKey.created_at), col(ApiKey.id)).offset(offset).limit(limit)).all()
+    items = [ApiKeyPublic.model_validate(row, from_attributes=True) for row in rows]
+    return Page(items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{key_id}", response_model=ApiKeyPublic, summary="Show one API key")

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlmodel import Session
 
 from registry.catalog import ModelCatalog
 from registry.database import SessionDep
 from registry.events import publish_event
+from registry.schemas import Page
 from registry.services import ServiceCreate, ServiceManager, ServicePatch, ServicePublic, services_using
+from shared.errors import ValidationFailed, field_error
+from shared.paging import Limit, Offset
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/services", tags=["services"])
@@ -35,20 +41,54 @@ async def apply_service(request: Request, manager: ServiceManager, name: str) ->
     await publish_event(request.app, "service", name)
 
 
-@router.post("", status_code=201, response_model=ServicePublic, summary="Deploy a model version as a service")
+_WAIT_POLL_SECONDS = 0.2
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ServicePublic,
+    summary="Deploy a model version as a service",
+    description="With `?wait=<seconds>` the answer comes once every replica is ready (status `running`), once "
+    "the service failed, or when the wait ends (then still `starting`): a predict right after it does not meet "
+    "a 503. At most `MODELSERVE_SERVICE_WAIT_MAX_SECONDS`.",
+)
 async def create_service(
-    body: ServiceCreate, request: Request, response: Response, manager: ManagerDep
+    body: ServiceCreate,
+    request: Request,
+    response: Response,
+    manager: ManagerDep,
+    wait: Annotated[float, Query(ge=0, description="Seconds to wait for every replica to be ready")] = 0,
 ) -> ServicePublic:
+    settings: Settings = request.app.state.settings
+    if wait > settings.service_wait_max_seconds:
+        raise ValidationFailed(
+            "wait too long",
+            errors=[field_error("wait", f"at most {settings.service_wait_max_seconds:g} seconds", received=wait)],
+        )
     row = manager.create(body)
     await apply_service(request, manager, row.name)
     response.headers["Location"] = f"/api/v1/services/{row.name}"
     log.info("service created", extra={"service": row.name, "model": body.model})
-    return manager.public(row)
+    public = manager.public(row)
+    deadline = time.monotonic() + wait
+    while not _settled(public) and time.monotonic() < deadline:
+        await asyncio.sleep(_WAIT_POLL_SECONDS)
+        public = manager.public(row)
+    if wait and public.status == "running":
+        await publish_event(request.app, "service", row.name)  # gateways re-read their routes now, not in 5 s
+    return public
 
 
-@router.get("", response_model=list[ServicePublic], summary="List services with their replicas")
-def list_services(manager: ManagerDep) -> list[ServicePublic]:
-    return [manager.public(row) for row in manager.list_rows()]
+def _settled(public: ServicePublic) -> bool:
+    return public.status == "failed" or (public.status == "running" and public.ready_replicas >= public.replicas)
+
+
+@router.get("", response_model=Page[ServicePublic], summary="List services with their replicas")
+def list_services(manager: ManagerDep, limit: Limit = 50, offset: Offset = 0) -> Page[ServicePublic]:
+    rows = manager.list_rows()
+    items = [manager.public(row) for row in rows[offset : offset + limit]]
+    return Page(items=items, total=len(rows), limit=limit, offset=offset)
 
 
 @router.get("/{name}", response_model=ServicePublic, summary="Show a service, its status and replicas")

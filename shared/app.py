@@ -43,7 +43,9 @@ ROUTE_HEADER = b"x-modelserve-route"
 class RequestContextMiddleware:
     """Honours or generates `X-Request-ID`, returns it, and writes one access-log line per request."""
 
-    def __init__(self, app: ASGIApp, quiet_paths: tuple[str, ...] = QUIET_PATHS, name_route: bool = False) -> None:
+    def __init__(
+        self, app: ASGIApp, quiet_paths: tuple[str, ...] = (*QUIET_PATHS, "/internal/"), name_route: bool = False
+    ) -> None:
         self.app = app
         self.quiet_paths = quiet_paths
         self.name_route = name_route
@@ -73,10 +75,17 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             path: str = scope.get("path", "")
+            # Path only: query strings and headers may carry secrets.
             if not path.startswith(self.quiet_paths):
-                # Path only: query strings and headers may carry secrets.
                 duration_ms = round((time.perf_counter() - start) * 1000, 2)
                 log_access(_access_log, scope.get("method", ""), path, status, duration_ms, rid)
+            elif status >= 500 or _access_log.isEnabledFor(logging.DEBUG):
+                # Probes and the processes' polling of each other: debug, not hundreds of lines a minute at
+                # info; a failing one still shows (503 is "not ready yet", normal while starting).
+                level = logging.WARNING if status >= 500 and status != 503 else logging.DEBUG
+                duration_ms = round((time.perf_counter() - start) * 1000, 2)
+                _access_log.log(level, "%s %s %d", scope.get("method", ""), path, status,
+                                extra={"status": status, "duration_ms": duration_ms, "request_id": rid})  # fmt: skip
             request_id_var.reset(token)
 
 

@@ -304,6 +304,10 @@ class Settings(BaseSettings):
     console_cookie_secure: bool = False
     """Send the console's session cookie only over HTTPS: turn on behind a TLS terminator."""
 
+    # --- cli ---
+    service_wait_max_seconds: float = Field(default=120.0, ge=0, le=3600)
+    """Longest `?wait=` a service creation may ask for (the request holds a connection that long)."""
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:

@@ -318,7 +318,7 @@ def _result_rows(predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @router.get("/services")
 async def services_page(request: Request) -> Response:
     async with session_api(request) as api:
-        services = await api.json("GET", "/api/v1/services")
+        services = await api.all_pages("/api/v1/services")
         models = await api.all_pages("/api/v1/models")
     return render(request, "services_list.html", services=services, models=models,
                   chosen=request.query_params.get("model", ""))  # fmt: skip
@@ -452,7 +452,7 @@ async def jobs_page(request: Request) -> Response:
     async with session_api(request) as api:
         jobs = await api.all_pages("/api/v1/batch-jobs")
         datasets = await api.all_pages("/api/v1/datasets")
-        services = await api.json("GET", "/api/v1/services")
+        services = await api.all_pages("/api/v1/services")
     return render(request, "jobs_list.html", jobs=jobs, datasets=datasets, services=services)
 
 

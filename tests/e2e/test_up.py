@@ -82,7 +82,7 @@ def test_second_up_finds_everything_again(tmp_path: Path) -> None:
     try:
         assert second.admin_key == ""  # not generated again, not printed again
         names = httpx.get(f"{second.url}/api/v1/keys", headers={"Authorization": f"Bearer {key}"}).json()
-        assert created["id"] in {k["id"] for k in names}
+        assert created["id"] in {k["id"] for k in names["items"]}
     finally:
         second.stop()
 

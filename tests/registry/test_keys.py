@@ -51,7 +51,9 @@ async def test_create_list_verify_revoke(db_settings: Settings, caplog: pytest.L
         assert created.headers["location"] == f"/api/v1/keys/{body['id']}"
         assert body["created_at"].endswith("Z") or body["created_at"].endswith("+00:00")
 
-        listed = (await client.get("/api/v1/keys")).json()
+        page = (await client.get("/api/v1/keys")).json()
+        assert page["total"] == 2 and page["limit"] == 50 and page["offset"] == 0
+        listed = page["items"]
         assert {k["name"] for k in listed} == {"admin", "app"}
         assert "key" not in listed[0] and secret not in (await client.get("/api/v1/keys")).text
 
@@ -62,7 +64,12 @@ async def test_create_list_verify_revoke(db_settings: Settings, caplog: pytest.L
         refused = await client.post("/internal/keys/verify", json={"key": secret})
         assert refused.status_code == 401
         assert (await client.delete(f"/api/v1/keys/{body['id']}")).status_code == 404
-        assert len((await client.get("/api/v1/keys", params={"include_revoked": True})).json()) == 2
+        assert (await client.get("/api/v1/keys", params={"include_revoked": True})).json()["total"] == 2
+        assert (await client.get("/api/v1/keys")).json()["total"] == 1
+        second_page = (
+            await client.get("/api/v1/keys", params={"include_revoked": True, "limit": 1, "offset": 1})
+        ).json()
+        assert second_page["total"] == 2 and [k["name"] for k in second_page["items"]] == ["app"]
     assert secret not in caplog.text
 
 
