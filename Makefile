@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up test lint typecheck pytest bench clean
+.PHONY: install up test test-quick lint typecheck pytest bench clean
 
 install: $(STAMP)  ## create .venv and install modelserve with its test tools (idempotent)
 
@@ -30,6 +30,9 @@ pytest: install
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 test: lint typecheck pytest  ## lint + type check + the whole test suite
+
+test-quick: lint typecheck  ## the inner loop: lint + type check + the tests not marked slow
+	$(MAKE) pytest PYTEST_ARGS="-m 'not slow' $(PYTEST_ARGS)"
 
 bench: install  ## benchmarks with in-run baselines; JSON under bench/results/
 	$(PY) -m bench $(ARGS)

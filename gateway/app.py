@@ -20,6 +20,7 @@ from gateway.fastroute import HotRoutes
 from gateway.guards import BodyLimit, PathGuard
 from gateway.openapi import OpenApiMerger
 from shared.app import instrument_app
+from shared.heartbeat import live_roles
 from shared.logging import configure_logging
 from shared.metrics import gauge_family, mark_process_up, render_metrics
 from shared.redis import QUEUES
@@ -73,9 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def heartbeat_ready(role: str) -> Any:
         async def check() -> None:
-            async for _ in app.state.dataplane.redis.scan_iter(match=f"modelserve:heartbeat:{role}:*", count=100):
-                return
-            raise RuntimeError(f"no live {role} (no heartbeat in Redis)")
+            if role not in await live_roles(app.state.dataplane.redis):  # one HGETALL, never a key scan
+                raise RuntimeError(f"no live {role} (no heartbeat in Redis)")
 
         return check
 

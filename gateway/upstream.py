@@ -120,6 +120,10 @@ class Upstreams:
                 if chunk:
                     yield chunk
 
+        # An upload is inspected before it is answered (a PMML model loads in the JVM): wait as long as the
+        # registry may take, not the internal calls' timeout, or a slow inspection answers 503 while it is stored.
+        uploading = request.headers.get("content-type", "").startswith("multipart/form-data")
+        timeout = aiohttp.ClientTimeout(sock_connect=5, sock_read=self.settings.upload_timeout_seconds)
         try:
             resp = await self.session.request(
                 request.method,
@@ -128,6 +132,7 @@ class Upstreams:
                 headers=headers,
                 data=body() if has_body else None,
                 allow_redirects=False,
+                timeout=timeout if uploading else None,
             )
         except aiohttp.ClientError as exc:
             if isinstance(exc.__cause__, ModelServeError):  # the body's own error (e.g. over its size limit)

@@ -17,8 +17,6 @@ from typing import Any
 
 import redis
 
-from shared.redis import heartbeat_key
-
 log = logging.getLogger(__name__)
 HEARTBEATS = "modelserve:heartbeats"
 """HASH `<role>:<ident>` -> epoch seconds (float) at which that process's beat runs out."""
@@ -53,9 +51,6 @@ class Heartbeat:
         self.role = role
         ident = ident or f"{socket.gethostname()}-{threading.get_native_id()}"
         self.field = f"{role}:{ident}"
-        # Also the old per-process key, until every reader uses `live_roles` (the gateway's readiness check
-        # scans for it today); delete this line and the two uses below once none does.
-        self.legacy_key = heartbeat_key(role, ident)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{role}", daemon=True)
 
@@ -68,14 +63,12 @@ class Heartbeat:
         self._stop.set()
         with contextlib.suppress(redis.RedisError):
             self.client.hdel(HEARTBEATS, self.field)
-            self.client.delete(self.legacy_key)
 
     def beat(self) -> bool:
         """One refresh; False when Redis cannot be reached (the next beat tries again)."""
         current = time.time()
         try:
             self.client.hset(HEARTBEATS, self.field, f"{current + TTL_SECONDS:.3f}")
-            self.client.set(self.legacy_key, "1", ex=TTL_SECONDS)
             self._prune(current)
         except redis.RedisError as exc:
             log.warning("heartbeat failed: %s", exc)

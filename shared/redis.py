@@ -10,7 +10,6 @@ from shared.settings import Settings
 EVENTS_CHANNEL = "modelserve:events"
 """Pub/sub channel of registry change events (`{"kind": "service"|"key"|"model", "name": ...}`)."""
 
-HEARTBEAT_KEY = "modelserve:heartbeat:{role}:{ident}"
 """A process's heartbeat; expires when the process stops beating."""
 
 
@@ -35,7 +34,3 @@ PREDICT_QUEUE = "modelserve-predict"
 BATCH_QUEUE = "modelserve-batch"
 """RQ queue of batch-scoring and script runs."""
 QUEUES = (PREDICT_QUEUE, BATCH_QUEUE)
-
-
-def heartbeat_key(role: str, ident: str) -> str:
-    return HEARTBEAT_KEY.format(role=role, ident=ident)
