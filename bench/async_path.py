@@ -333,7 +333,7 @@ def _platform_worker_env(up_pid: int) -> dict[str, str]:
             cmdline = child.cmdline()
         except psutil.Error:
             continue
-        if "shared.cli" in cmdline and cmdline[-1] == "worker":
+        if "modelserve.server" in cmdline and cmdline[-1] == "worker":
             env: dict[str, str] = child.environ()
             return env
     raise EndpointError("no `modelserve worker` child of `modelserve up` found")
@@ -353,7 +353,7 @@ def _modelserve(redis_url: str, model: Path, count: int, work_dir: Path, meta: d
             upload_model(client, SERVICE, model)
             meta["service"] = deploy_service(client, SERVICE, SERVICE)
         env = _platform_worker_env(up_pid)
-        argv = [sys.executable, "-m", "shared.cli", "worker"]
+        argv = [sys.executable, "-m", "modelserve.server", "worker"]
         with _process(argv, work_dir / "async-second-worker.log", env):
             _wait(lambda: _workers_on(redis_url, PREDICT_QUEUE) >= WORKERS, "2 modelserve workers registered", 90)
             meta["modelserve_workers"] = _workers_on(redis_url, PREDICT_QUEUE)

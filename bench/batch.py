@@ -304,9 +304,9 @@ def _platform_processes(up_pid: int) -> dict[str, int]:
                 cmdline = child.cmdline()
             except psutil.Error:
                 continue
-            if "shared.cli" in cmdline and cmdline[-1] == "worker":
+            if "modelserve.server" in cmdline and cmdline[-1] == "worker":
                 found["worker"] = child.pid
-            elif "shared.cli" in cmdline and "registry" in cmdline:
+            elif "modelserve.server" in cmdline and "registry" in cmdline:
                 found["registry"] = child.pid
         if "worker" in found:
             return found

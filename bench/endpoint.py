@@ -140,7 +140,7 @@ def modelserve_platform(data_dir: Path, log: Path, extra_env: dict[str, str] | N
     """`modelserve up` on a free port over a fresh data directory (as `tests/e2e` starts it); yields its URL/key."""
     port = free_port()
     admin_key = "msk_bench_" + secrets.token_hex(24)
-    argv = [sys.executable, "-m", "shared.cli", "up", "--port", str(port), "--data-dir", str(data_dir)]
+    argv = [sys.executable, "-m", "modelserve.server", "up", "--port", str(port), "--data-dir", str(data_dir)]
     env = {**_clean_env(), "MODELSERVE_ADMIN_KEY": admin_key, "MODELSERVE_LOG_JSON": "true", **(extra_env or {})}
     if os.environ.get("BENCH_GATEWAY_WORKERS"):  # `--gateway-workers N`: the platform's gateway processes
         env["MODELSERVE_GATEWAY_WORKERS"] = os.environ["BENCH_GATEWAY_WORKERS"]

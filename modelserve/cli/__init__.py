@@ -1,4 +1,4 @@
-"""The `modelserve` command: the platform's server commands (`up`, `gateway`, `registry`, …, from `shared.cli`)
+"""The `modelserve` command: the platform's server commands (`up`, `gateway`, `registry`, …, from `modelserve.server`)
 and a client command for every API operation (`login`, `models`, `deploy`, `services`, `predict`, `datasets`,
 `jobs`, `runs`, `keys`, `queue`).
 
@@ -77,8 +77,8 @@ app.add_typer(keys.app, name="keys")
 
 
 def _mount_server_commands() -> None:
-    """`modelserve up`, `gateway`, `registry`, `inference`, `worker`, `scheduler`, … as `shared.cli` defines them."""
-    from shared import cli as server_cli
+    """`modelserve up`, `gateway`, `registry`, `inference`, `worker`, `scheduler`, … (`modelserve.server`)."""
+    from modelserve import server as server_cli
 
     ours = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
     for command in server_cli.app.registered_commands:

@@ -230,14 +230,14 @@ class LocalBackend:
 
     def _argv(self, spec: ServiceSpec, port: int) -> list[str]:
         return [
-            sys.executable, "-m", "shared.cli", "inference",
+            sys.executable, "-m", "modelserve.server", "inference",
             "--host", self.settings.replica_host, "--port", str(port),
             "--service", spec.name, "--model", spec.model, "--version", str(spec.version),
         ]  # fmt: skip
 
     def _env(self, spec: ServiceSpec, index: int) -> dict[str, str]:
         env = java_env(dict(os.environ))
-        # A replica stops itself when this process is gone (`shared.cli`): under `modelserve up` the variable
+        # A replica stops itself when this process is gone (`modelserve.server`): under `modelserve up` the variable
         # names `up`, so replicas outlive a registry restart; a registry run on its own takes them along.
         env.setdefault("MODELSERVE_SUPERVISOR_PID", str(os.getpid()))
         if spec.cpu_reserve:

@@ -1,5 +1,5 @@
 """The `modelserve` console script still runs the platform: `modelserve up` (what `make up` calls) and the
-one-process commands are mounted from `shared.cli` next to the client commands."""
+one-process commands are mounted from `modelserve.server` next to the client commands."""
 
 from __future__ import annotations
 

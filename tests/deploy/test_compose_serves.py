@@ -74,7 +74,7 @@ class ComposeProcesses:
 
     def _argv(self, name: str) -> list[str]:
         command = [self.hosts[name] if part == "0.0.0.0" else str(part) for part in self.services[name]["command"]]
-        return [sys.executable, "-m", "shared.cli", *command]  # the image's ENTRYPOINT is `modelserve`
+        return [sys.executable, "-m", "modelserve.server", *command]  # the image's ENTRYPOINT is `modelserve`
 
     def start(self) -> ComposeProcesses:
         self.data.mkdir(parents=True)

@@ -42,7 +42,7 @@ def start_platform(data_dir: Path, log: Path, env: dict[str, str] | None = None)
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSERVE_")}
     out = log.open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--port", str(port), "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "modelserve.server", "up", "--port", str(port), "--data-dir", str(data_dir)],
         stdout=out,
         stderr=subprocess.STDOUT,
         env={**clean_env, "MODELSERVE_LOG_JSON": "true", **(env or {})},

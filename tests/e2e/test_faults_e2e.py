@@ -22,6 +22,9 @@ from tests.e2e.test_services_e2e import IRIS, Load, running, upload, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
+_UP = [sys.executable, "-m", "modelserve.server", "up"]
+
+
 def _child(platform: Platform, needle: str) -> psutil.Process:
     return next(p for p in platform.children() if needle in " ".join(p.cmdline()))
 
@@ -45,7 +48,16 @@ def test_second_up_on_the_same_data_dir_refuses_and_touches_nothing(platform: Pl
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSERVE_")}
     second_port = free_port()
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "up", "--port", str(second_port), "--data-dir", str(platform.data_dir)],
+        [
+            sys.executable,
+            "-m",
+            "modelserve.server",
+            "up",
+            "--port",
+            str(second_port),
+            "--data-dir",
+            str(platform.data_dir),
+        ],
         env=clean_env,
         capture_output=True,
         text=True,
@@ -119,7 +131,7 @@ def test_serving_survives_a_kill_9_of_the_registry(
     replicas = _replica_pids(platform, "iris")
     assert len(replicas) == 2
     key = admin.post("/api/v1/keys", json={"name": "app", "scopes": ["predict"]}).json()["key"]
-    registry = _child(platform, "shared.cli registry")
+    registry = _child(platform, "modelserve.server registry")
 
     with Load(platform.url, key, "iris", threads=2) as load:
         wait_for(lambda: len(load.results) >= 20, what="predicts before the kill")

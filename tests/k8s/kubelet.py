@@ -160,7 +160,7 @@ class LocalKubelet:
             for part in [*(container.command or []), *(container.args or [])]
         ]
         if argv and argv[0] == "modelserve":  # the image's entry point is this checkout's command
-            argv = [sys.executable, "-m", "shared.cli", *argv[1:]]
+            argv = [sys.executable, "-m", "modelserve.server", *argv[1:]]
         workdir = Path(tempfile.mkdtemp(prefix=f"pod-{name}-"))
         log = (self.logs / f"{name}.log").open("ab")
         process = subprocess.Popen(

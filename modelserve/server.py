@@ -1,6 +1,7 @@
 """The `modelserve` command: `up` runs the whole platform; the other commands run one process each.
 
-Process entry points are named by import strings so that `shared` imports none of the other packages.
+The composition root: the one place that starts every service. Each process's entry point is imported only
+when that process runs (by import string), so one process never loads another's code.
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ def up(
     signal.signal(signal.SIGTERM, on_signal)
 
     python = sys.executable
-    cli = [python, "-m", "shared.cli"]
+    cli = [python, "-m", "modelserve.server"]
     secrets_dir = secure_dir(data / SECRETS_DIR)
     internal_token = settings.internal_token or secrets.token_urlsafe(32)
     write_secret(secrets_dir / "internal-token", internal_token)
