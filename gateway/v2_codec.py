@@ -48,12 +48,23 @@ def _is_tensor(spec: dict[str, Any]) -> bool:
     return "(" not in str(spec.get("data_type", ""))  # seq(...)/map(...) (a ZipMap) is no tensor
 
 
-def _dims(shape: list[Any] | None) -> list[int]:
-    """A declared shape in V2 terms: dynamic dimensions as -1, and the batch always -1 (modelserve batches
-    records itself, one at a time for a graph exported with batch size 1)."""
+def _dim(d: Any) -> int:
+    return d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else -1
+
+
+def _dims(shape: list[Any] | None, batched: bool = True) -> list[int]:
+    """A declared shape in V2 terms: dynamic dimensions as -1. With a batch axis its first dimension is always
+    -1 (modelserve batches records itself); a graph without one is reported exactly as it declares itself."""
+    if not batched:
+        return [_dim(d) for d in shape or []]
     if not shape:
         return [-1]
-    return [-1] + [d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else -1 for d in shape[1:]]
+    return [-1] + [_dim(d) for d in shape[1:]]
+
+
+def is_batched(model: dict[str, Any]) -> bool:
+    """Whether the model takes rows (a common leading batch axis): PMML always; ONNX as its description says."""
+    return model.get("format", "pmml") != "onnx" or model.get("batched", True) is not False
 
 
 def datatype_of(values: list[Any]) -> str:
@@ -108,8 +119,9 @@ def output_specs(model: dict[str, Any]) -> list[dict[str, Any]]:
         return specs
     if function_type == "dimensionality_reduction":
         return [{"name": "components", "datatype": "FP64", "shape": [-1, -1 if width is None else width]}]
+    batched = is_batched(model)
     return [
-        {"name": s["name"], "datatype": v2_datatype(fmt, s["data_type"]), "shape": _dims(s.get("shape"))}
+        {"name": s["name"], "datatype": v2_datatype(fmt, s["data_type"]), "shape": _dims(s.get("shape"), batched)}
         for s in model.get("outputs") or []
         if _is_tensor(s)
     ]
@@ -131,7 +143,7 @@ def model_metadata(name: str, version: int, model: dict[str, Any]) -> dict[str, 
         {
             "name": spec["name"],
             "datatype": v2_datatype(fmt, spec["data_type"]),
-            "shape": _dims(spec.get("shape")) if fmt == "onnx" else [-1],
+            "shape": _dims(spec.get("shape"), is_batched(model)) if fmt == "onnx" else [-1],
         }
         for spec in model.get("inputs") or []
     ]
@@ -245,6 +257,67 @@ def _decode_input(
     return shape[0], _nest(flat, shape)
 
 
+def _decode_whole(loc: str, item: dict[str, Any], spec: dict[str, Any], errors: list[dict[str, Any]]) -> Any:
+    """One input of a graph without a batch axis: the whole tensor of its declared shape (zero-length
+    dimensions allowed), nested as the graph takes it; appends an error and returns None if bad."""
+    want = v2_datatype("onnx", spec["data_type"])
+    datatype, shape, data = item.get("datatype"), item.get("shape"), item.get("data")
+    if not castable(datatype, want):
+        message = "datatype does not fit the model's input" if datatype in DATATYPES else "unknown datatype"
+        errors.append(field_error(f"{loc}.datatype", message, expected=want, received=datatype))
+        return None
+    declared = _dims(spec.get("shape"), batched=False)
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        shape = None
+    fits = shape is not None and len(shape) == len(declared) and min(shape, default=0) >= 0
+    if shape is None or not fits or any(w not in (-1, g) for w, g in zip(declared, shape, strict=True)):
+        errors.append(field_error(f"{loc}.shape", "shape does not fit the model's input", expected=declared,
+                                  received=shape))  # fmt: skip
+        return None
+    flat_input = data if isinstance(data, list) else [data] if not shape else None
+    if flat_input is None:
+        errors.append(field_error(f"{loc}.data", "expected a JSON array", received=data))
+        return None
+    flat = list(flatten(flat_input))
+    if len(flat) != math.prod(shape):
+        message = f"shape {shape} holds {math.prod(shape)} elements, the data has {len(flat)}"
+        errors.append(field_error(f"{loc}.data", message, expected=math.prod(shape), received=len(flat)))
+        return None
+    values = []
+    for j, value in enumerate(flat):
+        try:
+            values.append(element(value, want, nullable=False))
+        except Bad as bad:
+            errors.append(field_error(f"{loc}.data", f"element {j}: {bad}", expected=want, received=value))
+            return None
+    return values[0] if not shape else _nest(values, shape)
+
+
+def _whole_tensors(body: dict[str, Any], model: dict[str, Any], requested: list[str] | None,
+                   errors: list[dict[str, Any]]) -> InferRequest:  # fmt: skip
+    """A request to a graph without a batch axis: one record holding every input's whole tensor."""
+    specs = {spec["name"]: spec for spec in model.get("inputs") or []}
+    inputs = body.get("inputs")
+    record: dict[str, Any] = {}
+    if not isinstance(inputs, list) or not inputs:
+        errors.append(field_error("inputs", "expected a non-empty list of input tensors", received=inputs))
+        inputs = []
+    for i, item in enumerate(inputs):
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or name not in specs or name in record:
+            message = "duplicate input" if name in record else "unknown input"
+            errors.append(field_error(f"inputs[{i}].name", message, expected=list(specs), received=name))
+            continue
+        record[name] = _decode_whole(f"inputs[{i}]", item, specs[name], errors)
+    for name in specs:
+        if name not in record and inputs:
+            errors.append(field_error("inputs", f"missing input {name!r}", expected=name))
+    if errors:
+        fields = sorted({e["field"] for e in errors})
+        raise ValidationFailed("Invalid inference request: " + ", ".join(fields[:5]), errors=errors)
+    return InferRequest(body.get("id"), [record], requested, body.get("parameters") or {})
+
+
 def records_from_infer(body: Any, model: dict[str, Any]) -> InferRequest:
     """Decode a V2 inference request into records for `model`; `ValidationFailed` names every bad field."""
     if not isinstance(body, dict):
@@ -258,6 +331,8 @@ def records_from_infer(body: Any, model: dict[str, Any]) -> InferRequest:
     if not isinstance(parameters, dict):
         errors.append(field_error("parameters", "expected an object", received=parameters))
     requested = _requested_outputs(body.get("outputs"), _known_outputs(model), errors)
+    if not is_batched(model):
+        return _whole_tensors(body, model, requested, errors)
     fmt = model.get("format", "pmml")
     specs = {spec["name"]: spec for spec in model.get("inputs") or []}
     inputs = body.get("inputs")

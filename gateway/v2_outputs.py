@@ -10,7 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.v2_casts import FLOATS
-from gateway.v2_codec import MATRICES, NORMALISED, InferRequest, datatype_of, flatten, output_specs, shape_of
+from gateway.v2_codec import (
+    MATRICES,
+    NORMALISED,
+    InferRequest,
+    datatype_of,
+    flatten,
+    is_batched,
+    output_specs,
+    shape_of,
+)
 from shared.errors import ValidationFailed, field_error
 
 
@@ -59,7 +68,31 @@ def _probabilities(values: list[Any], class_labels: list[Any] | None) -> dict[st
     return {"shape": [len(values), len(classes)], "datatype": "FP64", "parameters": {"classes": classes}, "data": data}
 
 
+def _whole_outputs(model: dict[str, Any], predictions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A graph without a batch axis answers one prediction whose raw outputs are whole tensors: each goes back
+    with the shape onnxruntime gave it (`[]` for a scalar), no axis added or dropped."""
+    declared = {spec["name"]: spec["datatype"] for spec in output_specs(model)}
+    raw = (predictions[0].get("raw") if predictions else None) or {}
+    tensors: dict[str, dict[str, Any]] = {}
+    for name, value in raw.items():
+        try:
+            shape = list(shape_of(value))
+        except ValueError:
+            continue  # a map or ragged sequence has no tensor form
+        flat = list(flatten(value)) if shape else [value]
+        datatype = declared.get(name) or datatype_of(flat)
+        try:
+            data = [_coerce(v, datatype) for v in flat]
+        except (TypeError, ValueError):
+            datatype = datatype_of(flat)
+            data = [_coerce(v, datatype) for v in flat]
+        tensors[name] = {"shape": shape, "datatype": datatype, "data": data}
+    return tensors
+
+
 def _available_outputs(model: dict[str, Any], predictions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    if not is_batched(model):
+        return _whole_outputs(model, predictions)
     declared = {spec["name"]: spec["datatype"] for spec in output_specs(model)}
     keys = NORMALISED.get(str(model.get("function_type")))
     rows = [p if keys else p.get("raw") or {} for p in predictions]
