@@ -1,5 +1,8 @@
 """The seed's console back end (`003_*.txt`) under `/daas`: 16 paths, each answering `{"data": {...}}`.
 
+Long module: the seed's paths, each a few lines of field renaming over one `/api/v1` call; split, one contract
+would be scattered over files.
+
 Every handler only renames fields and calls the public `/api/v1` in-process with the caller's key
 (`gateway/console/api.py`), so keys, scopes, validation and problem+json errors are exactly `/api/v1`'s.
 Field names are the seed's, spelling included (`descript`, `updataTime`), because a front end written

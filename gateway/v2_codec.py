@@ -48,7 +48,7 @@ def _is_tensor(spec: dict[str, Any]) -> bool:
     return "(" not in str(spec.get("data_type", ""))  # seq(...)/map(...) (a ZipMap) is no tensor
 
 
-def _dim(d: Any) -> int:
+def _dim(d: Any) -> int:  # a fixed dimension, else -1
     return d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else -1
 
 
@@ -258,8 +258,7 @@ def _decode_input(
 
 
 def _decode_whole(loc: str, item: dict[str, Any], spec: dict[str, Any], errors: list[dict[str, Any]]) -> Any:
-    """One input of a graph without a batch axis: the whole tensor of its declared shape (zero-length
-    dimensions allowed), nested as the graph takes it; appends an error and returns None if bad."""
+    """One input of a graph without a batch axis: its whole tensor (zero-length dimensions allowed), nested."""
     want = v2_datatype("onnx", spec["data_type"])
     datatype, shape, data = item.get("datatype"), item.get("shape"), item.get("data")
     if not castable(datatype, want):

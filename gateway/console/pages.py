@@ -1,4 +1,7 @@
-"""The web console's pages: server-rendered, each a thin layer over `/api/v1` called with the session's key."""
+"""The web console's pages: server-rendered, each a thin layer over `/api/v1` called with the session's key.
+
+Long module: one short handler per console page, sharing this module's page helpers.
+"""
 
 from __future__ import annotations
 

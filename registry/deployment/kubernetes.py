@@ -1,5 +1,7 @@
 """The Kubernetes backend: each service is a Deployment (its replicas are pods) plus a Service.
 
+Long module: one backend; its desired objects, pod watch and status translation are one contract.
+
 Kubernetes is the distributed engine; this module only states desired objects and watches pods. `apply`
 replaces the Deployment with the one the spec describes (the same spec gives the same pod template, so a
 registry restart re-adopts what runs instead of rolling it); the Deployment controller does scaling and

@@ -1,5 +1,7 @@
 """The local backend: each replica is its own pinned inference process, supervised by the registry.
 
+Long module: one backend; supervising, rolling and re-adopting replicas are one contract.
+
 TorchServe's per-model worker processes are the precedent. A reconcile loop restarts replicas that die
 (with backoff), polls each one's readiness and request count, and reports changes so the gateway's
 routing table follows. Version changes roll one replica at a time: a new replica must be ready before
