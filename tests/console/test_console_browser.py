@@ -65,7 +65,7 @@ def sign_in(page: Any, key: str) -> None:
     page.goto("/")
     assert "/console/sign-in" in page.url
     page.get_by_label("API key").fill(key)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
     page.wait_for_url("**/console/models")
 
 
@@ -180,7 +180,7 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     assert page.inner_text("#v2-url").endswith("/v2/models/iris-svc/infer") and rest_url in page.inner_text("#curl")
     before = {r["id"]: r["started_at"] for r in admin.get("/api/v1/services/iris-svc").json()["replica_list"]}
     first = page.locator("#replicas tbody tr").first.get_attribute("data-replica")
-    page.locator("#replicas tbody tr").first.get_by_role("button", name="Restart").click()
+    page.locator("#replicas tbody tr").first.get_by_role("button", name="Restart", exact=True).click()
     page.wait_for_url("**/console/services/iris-svc")
 
     def restarted() -> bool:
@@ -250,7 +250,7 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     page.fill("#job-chunk", "50")
     page.click("#create-job button[type=submit]")
     page.wait_for_url("**/console/jobs/score")
-    page.get_by_role("button", name="Run now").click()
+    page.get_by_role("button", name="Run now", exact=True).click()
     page.wait_for_url("**/console/jobs/score/runs/1")
     seen = progress_values(page, "#run-progress", lambda: page.inner_text("#run-status") in ("succeeded", "failed"))
     assert page.inner_text("#run-status") == "succeeded", page.inner_text("#run-log")
@@ -265,7 +265,7 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     slower = {"service": "iris-svc", "input_dataset": "iris-in", "output_dataset": "iris-scored-2", "chunk_size": 1}
     assert admin.patch("/api/v1/batch-jobs/score", json={"params": slower}).status_code == 200
     page.goto("/console/jobs/score")
-    page.get_by_role("button", name="Run now").click()
+    page.get_by_role("button", name="Run now", exact=True).click()
     page.wait_for_url("**/console/jobs/score/runs/2")
     page.click("#run-pause")
     wait_for(lambda: page.inner_text("#run-status") == "paused", what="the run paused")
@@ -287,7 +287,7 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     code = page.inner_text("#script")
     assert "MODELSERVE_API_KEY" in code and "iris-svc" in code
     compile(code, "score.py", "exec")
-    page.get_by_role("button", name="Copy").click()
+    page.get_by_role("button", name="Copy", exact=True).click()
     wait_for(lambda: page.inner_text("[data-copy]") == "Copied", what="the copy acknowledged")
     shot(page, "script")
 
@@ -308,22 +308,22 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
 
     # Pause and start the service, then delete everything from the pages.
     page.goto("/console/services/iris-svc")
-    page.get_by_role("button", name="Pause").click()
+    page.get_by_role("button", name="Pause", exact=True).click()
     wait_for(lambda: reloaded_text(page, "#svc-status") == "paused", what="the service paused")
-    page.get_by_role("button", name="Start").click()
+    page.get_by_role("button", name="Start", exact=True).click()
     page.wait_for_url("**/console/services/iris-svc")
     for path in ["/console/jobs/nightly", "/console/jobs/score"]:
         page.goto(path)
-        page.get_by_role("button", name="Delete").click()
+        page.get_by_role("button", name="Delete", exact=True).click()
         page.wait_for_url("**/console/jobs")
     assert page.locator("#jobs tbody tr").inner_text().startswith("No job")
     page.goto("/console/services/iris-svc")
-    page.get_by_role("button", name="Delete").click()
+    page.get_by_role("button", name="Delete", exact=True).click()
     page.wait_for_url("**/console/services")
     page.goto("/console/datasets")
     while page.locator("#datasets tbody a").count():  # inputs, the remote one and the runs' results
         page.locator("#datasets tbody a").first.click()
-        page.get_by_role("button", name="Delete").click()
+        page.get_by_role("button", name="Delete", exact=True).click()
         page.wait_for_url("**/console/datasets")
     assert page.locator("#datasets tbody tr").inner_text().startswith("No dataset")
     page.goto("/console/models")
@@ -334,7 +334,7 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     assert len(page.dialogs) >= 8  # every delete asked first
 
     # Sign out ends the session: the pages send to sign-in again.
-    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign out", exact=True).click()
     page.wait_for_url("**/console/sign-in")
     page.goto("/console/models")
     assert "/console/sign-in" in page.url
