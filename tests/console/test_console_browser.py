@@ -180,7 +180,7 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     assert page.inner_text("#v2-url").endswith("/v2/models/iris-svc/infer") and rest_url in page.inner_text("#curl")
     before = {r["id"]: r["started_at"] for r in admin.get("/api/v1/services/iris-svc").json()["replica_list"]}
     first = page.locator("#replicas tbody tr").first.get_attribute("data-replica")
-    page.locator("#replicas tbody tr").first.get_by_role("button", name="Restart", exact=True).click()
+    page.locator("#replicas tbody tr").first.get_by_role("button", name=f"Restart {first}", exact=True).click()
     page.wait_for_url("**/console/services/iris-svc")
 
     def restarted() -> bool:
@@ -328,7 +328,7 @@ def test_upload_test_deploy_datasets_jobs_and_delete_everything(
     assert page.locator("#datasets tbody tr").inner_text().startswith("No dataset")
     page.goto("/console/models")
     for name in ["iris", "iris-onnx"]:
-        page.get_by_role("button", name=f"Delete {name}").click()
+        page.get_by_role("button", name=f"Delete {name}", exact=True).click()
         page.wait_for_url("**/console/models")
     assert page.locator("#models tbody tr").inner_text().startswith("No model")
     assert len(page.dialogs) >= 8  # every delete asked first
