@@ -80,7 +80,8 @@ async def infer(
     plane (admission, the predict coalescer, service metrics) exactly as a REST predict does."""
     start, ok, rows = time.perf_counter(), False, 0
     plane = app.state.dataplane
-    route = await plane.metadata(name, version)
+    route = await plane.serving_route(name)  # 404 unknown, 503 paused or not ready: before the body is judged
+    check_version(route, version)
     try:
         model = signature(route)
         decoded = records_from_infer(body, model)
