@@ -26,7 +26,6 @@ from registry.schemas import (
     ModelSummary,
     ModelVersionPublic,
     Page,
-    valid_name,
 )
 from registry.services import alias_followers
 from registry.services_api import roll_followers
@@ -125,16 +124,6 @@ async def upload_model(request: Request, response: Response) -> UploadedVersion:
     form = await receive_upload(request, store, settings.max_upload_bytes)
     force_value = form.fields.get("force") or request.query_params.get("force") or ""
     try:
-        if form.file is not None and form.file.size_bytes and force_value.strip().lower() not in _TRUE:
-            name = form.fields.get("name", "").strip()
-            requested_type = form.fields.get("function_type") or None
-            if name and valid_name(name):
-                existing = await run_in_threadpool(_existing_version, request, name, form.file.sha256, requested_type)
-                if existing is not None:
-                    store.discard(form.file)
-                    response.status_code = 200
-                    response.headers["Location"] = f"/api/v1/models/{existing.model}/versions/{existing.version}"
-                    return existing
         errors = []
         name = form.fields.get("name", "").strip()
         if not name:
@@ -161,6 +150,17 @@ async def upload_model(request: Request, response: Response) -> UploadedVersion:
                 response.headers["Location"] = f"/api/v1/models/{replayed.model}/versions/{replayed.version}"
                 return UploadedVersion(**replayed.model_dump())
             reserved = True
+        if force_value.strip().lower() not in _TRUE:  # after the key's replay: a retry answers as its first try
+            existing = await run_in_threadpool(_existing_version, request, name, form.file.sha256, function_type)
+            if existing is not None:
+                store.discard(form.file)
+                if reserved:
+                    await run_in_threadpool(idempotency.finish_model_upload, request.app.state.engine, key,
+                                            existing.model, existing.version)  # fmt: skip
+                    reserved = False
+                response.status_code = 200
+                response.headers["Location"] = f"/api/v1/models/{existing.model}/versions/{existing.version}"
+                return existing
         described = await run_in_threadpool(inspect_artifact, form.file.path, settings, function_type)  # type: ignore[arg-type]
     except BaseException:
         if form.file is not None:

@@ -15,10 +15,13 @@ from shared.settings import Settings
 from tests.conftest import asgi_client
 
 
-async def _upload(client: httpx.AsyncClient, path: Path, key: str | None, name: str = "m") -> httpx.Response:
+async def _upload(
+    client: httpx.AsyncClient, path: Path, key: str | None, name: str = "m", force: bool = False
+) -> httpx.Response:
     headers = {"Idempotency-Key": key} if key else {}
     files = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
-    return await client.post("/api/v1/models", data={"name": name}, files=files, headers=headers)
+    data = {"name": name} | ({"force": "true"} if force else {})
+    return await client.post("/api/v1/models", data=data, files=files, headers=headers)
 
 
 async def test_a_retried_model_upload_answers_the_first_version(
@@ -33,9 +36,11 @@ async def test_a_retried_model_upload_answers_the_first_version(
     assert [v["version"] for v in (versions["items"] if isinstance(versions, dict) else versions)] == [1]
     other = await _upload(registry, onnx_models["linear_regression"], "model-1")
     assert other.status_code == 422 and other.json()["errors"][0]["field"] == "header.Idempotency-Key"
-    # A new key (or none) is a new version, as before.
-    assert (await _upload(registry, onnx_models["random_forest"], "model-2")).json()["version"] == 2
-    assert (await _upload(registry, onnx_models["random_forest"], None)).json()["version"] == 3
+    # A new key is a new upload: the same file answers its existing version (issue 12), unless forced.
+    same = await _upload(registry, onnx_models["random_forest"], "model-2")
+    assert same.status_code == 200 and same.json()["existing"] is True and same.json()["version"] == 1
+    assert (await _upload(registry, onnx_models["random_forest"], "model-3", force=True)).json()["version"] == 2
+    assert (await _upload(registry, onnx_models["random_forest"], None, force=True)).json()["version"] == 3
 
 
 async def test_a_retry_while_the_first_model_upload_is_inspected_waits_its_turn(
