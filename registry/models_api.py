@@ -154,7 +154,7 @@ async def upload_model(request: Request, response: Response) -> UploadedVersion:
             existing = await run_in_threadpool(_existing_version, request, name, form.file.sha256, function_type)
             if existing is not None:
                 store.discard(form.file)
-                if reserved:
+                if reserved and key is not None:
                     await run_in_threadpool(idempotency.finish_model_upload, request.app.state.engine, key,
                                             existing.model, existing.version)  # fmt: skip
                     reserved = False
